@@ -1,0 +1,1 @@
+//! Shared frame and table builders for the engine benchmarks.

@@ -1,0 +1,1 @@
+//! Frame views and in-place rewrites for vipgate.
