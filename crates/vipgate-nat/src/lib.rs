@@ -4,9 +4,24 @@
 //! Pure: no I/O, no threads of its own. Frames and the current time go in, decisions and
 //! rewritten frames come out.
 
+pub mod counters;
+pub mod engine;
+pub mod frag;
 pub mod key;
+pub mod maglev;
+pub mod policy;
+pub mod ports;
+pub mod state;
+pub mod table;
+pub mod timeouts;
 
+pub use engine::{Engine, Verdict, Worker};
 pub use key::{FlowKey, Proto};
+pub use state::{ConnState, Dir};
+pub use table::{
+    ConnId, ConnRecord, ConnTable, Hit, InsertError, NewConn, ReclaimCursor, TableError,
+};
+pub use timeouts::Timeouts;
 
 /// Which network a port faces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,0 +1,956 @@
+//! The engine's entry point: a frame, its ingress side, the worker and the time in; a
+//! [`Verdict`] out, with the frame rewritten in place.
+//!
+//! Per packet: parse, look the flow up in the shared [`ConnTable`]; on a hit rewrite and
+//! refresh; on a miss ask the [`Policy`] (DNAT rule, pool, PAT mapping, hairpin) and create
+//! the connection. ICMP errors are translated through the flow they quote; later fragments
+//! follow their first fragment through the worker's [`FragCache`].
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use crossbeam_queue::ArrayQueue;
+use vipgate_wire::frame::{Inner, InnerPorts, Layout, Parsed, Transport};
+use vipgate_wire::rewrite::{echo_request_to_reply, rewrite, rewrite_inner, Tuple};
+
+use crate::counters::{Counters, DropReason};
+use crate::frag::{FragCache, FragKey, FragTarget};
+use crate::policy::{Filtering, NatConfig, Policy, PolicyError, Target};
+use crate::ports::{PortAllocator, PortCursors, PortsError};
+use crate::state::{tcp_flags, ConnState, Dir};
+use crate::table::{
+    ConnId, ConnRecord, ConnTable, Hit, InsertError, NewConn, ReclaimCursor, TableError,
+};
+use crate::{FlowKey, Proto, Side};
+
+/// What to do with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the rewritten frame out on this side (the data plane sets the Ethernet header).
+    Forward(Side),
+    /// Send the frame back out where it came from: it is now our reply (Ethernet swapped).
+    Reply,
+    /// Drop it; counted under the reason.
+    Drop(DropReason),
+}
+
+/// Bits of a connection's opaque `flags` byte, as the engine uses them.
+pub mod conn_flags {
+    /// The original direction arrived on the private side.
+    pub const ORIG_IN_PRIVATE: u8 = 0x01;
+    /// The original direction leaves on the private side.
+    pub const ORIG_OUT_PRIVATE: u8 = 0x02;
+    /// The destination is translated (DNAT rule, pool, or inbound through a mapping).
+    pub const DNAT: u8 = 0x04;
+    /// The source is translated (PAT).
+    pub const SNAT: u8 = 0x08;
+    /// Private to private through a public address.
+    pub const HAIRPIN: u8 = 0x10;
+}
+
+/// What the state-sync layer needs to hear about, in order, per worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// A connection or PAT mapping was created; read it with [`Engine::export`].
+    Created(ConnId),
+    /// A connection's protocol state changed.
+    Updated(ConnId, ConnState),
+    /// A connection or mapping was removed; its original key names it.
+    Deleted(FlowKey),
+}
+
+/// `backend` value of a connection that has none.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// The engine could not be built from its configuration.
+#[derive(Debug)]
+pub enum EngineError {
+    /// The rules.
+    Policy(PolicyError),
+    /// The table capacity.
+    Table(TableError),
+    /// PAT addresses, port range or workers.
+    Ports(PortsError),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Policy(e) => e.fmt(f),
+            EngineError::Table(e) => write!(f, "capacity: {e}"),
+            EngineError::Ports(e) => write!(f, "pat ports: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+/// State a worker owns: written only by its thread.
+#[derive(Debug)]
+pub struct Worker {
+    id: u16,
+    /// This worker's counters.
+    pub counters: Counters,
+    cursors: PortCursors,
+    frags: FragCache,
+    reclaim: ReclaimCursor,
+}
+
+impl Worker {
+    /// The worker id.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+}
+
+/// A PAT mapping a new connection holds a reference on.
+#[derive(Clone, Copy, Debug)]
+struct MappingRef {
+    id: ConnId,
+    addr: Ipv4Addr,
+    port: u16,
+}
+
+enum Created {
+    Conn(Hit),
+    Done(Verdict),
+}
+
+/// A frame of a batch after the first pass: its layout and, for flows, key, TCP flags and
+/// hash; or why it is dropped.
+type Classified = Result<(Layout, Option<(FlowKey, u8, u64)>), DropReason>;
+
+/// Frames processed together by [`Engine::process_batch`].
+pub const BATCH: usize = 32;
+
+/// The translation engine, shared by all workers.
+#[derive(Debug)]
+pub struct Engine {
+    config: NatConfig,
+    policy: Policy,
+    table: ConnTable,
+    ports: PortAllocator,
+    /// Allocator indices of each PAT rule's addresses.
+    pat_addrs: Vec<Vec<usize>>,
+    events: Vec<ArrayQueue<ConnEvent>>,
+}
+
+/// The 5-tuple of a translatable datagram, and its TCP flags.
+#[inline]
+fn flow_key(l: &Layout) -> Option<(FlowKey, u8)> {
+    let (sport, dport, proto, flags) = match l.transport {
+        Transport::Tcp {
+            sport,
+            dport,
+            flags,
+        } => (sport, dport, Proto::Tcp, flags),
+        Transport::Udp { sport, dport } => (sport, dport, Proto::Udp, 0),
+        Transport::IcmpEcho { request: true, id } => (id, 0, Proto::Icmp, 0),
+        Transport::IcmpEcho { request: false, id } => (0, id, Proto::Icmp, 0),
+        _ => return None,
+    };
+    Some((
+        FlowKey {
+            src: l.src,
+            dst: l.dst,
+            sport,
+            dport,
+            proto,
+        },
+        flags,
+    ))
+}
+
+/// Addresses a gateway never forwards from or to (RFC 1812 5.3.7, 5.2.2).
+#[inline]
+fn is_martian(a: Ipv4Addr) -> bool {
+    let o = a.octets()[0];
+    o == 0 || o == 127 || o >= 224
+}
+
+/// The key under which a PAT mapping is found from its internal endpoint.
+fn mapping_internal_key(addr: Ipv4Addr, port: u16, proto: Proto) -> FlowKey {
+    // Destination 0.0.0.0 never occurs in a forwarded packet (martian), so these keys
+    // cannot collide with a connection's.
+    FlowKey {
+        src: addr,
+        dst: Ipv4Addr::UNSPECIFIED,
+        sport: port,
+        dport: 0,
+        proto,
+    }
+}
+
+/// The key under which a PAT mapping is found from its public endpoint.
+fn mapping_public_key(addr: Ipv4Addr, port: u16, proto: Proto) -> FlowKey {
+    FlowKey {
+        src: Ipv4Addr::UNSPECIFIED,
+        dst: addr,
+        sport: 0,
+        dport: port,
+        proto,
+    }
+}
+
+/// The side a packet of `dir` must arrive on, and the side it leaves on.
+#[inline]
+fn sides(flags: u8, dir: Dir) -> (Side, Side) {
+    let side = |private: bool| if private { Side::Private } else { Side::Public };
+    let orig_in = side(flags & conn_flags::ORIG_IN_PRIVATE != 0);
+    let orig_out = side(flags & conn_flags::ORIG_OUT_PRIVATE != 0);
+    match dir {
+        Dir::Orig => (orig_in, orig_out),
+        Dir::Reply => (orig_out, orig_in),
+    }
+}
+
+/// What a packet matching `hit` becomes: the other direction's key, reversed.
+#[inline]
+fn translated(hit: &Hit) -> Tuple {
+    let other = match hit.dir {
+        Dir::Orig => hit.reply,
+        Dir::Reply => hit.orig,
+    };
+    Tuple {
+        src: other.dst,
+        dst: other.src,
+        sport: other.dport,
+        dport: other.sport,
+    }
+}
+
+fn initial_state(proto: Proto) -> ConnState {
+    match proto {
+        Proto::Tcp => ConnState::TcpSynSent,
+        Proto::Udp => ConnState::Udp,
+        Proto::Icmp => ConnState::Icmp,
+    }
+}
+
+/// A TCP segment may open a connection only as a plain SYN (RFC 5382 REQ-2 aside, nothing
+/// else should make a NAT allocate state).
+#[inline]
+fn may_open(key: &FlowKey, flags: u8) -> bool {
+    key.proto != Proto::Tcp
+        || flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN
+}
+
+impl Engine {
+    /// Builds the engine: checks the policy, allocates the table, the port bitmaps and the
+    /// event queues. Nothing is allocated after this on the packet path.
+    ///
+    /// # Errors
+    /// [`EngineError`] naming what is wrong in `config`.
+    pub fn new(config: NatConfig) -> Result<Engine, EngineError> {
+        let policy = Policy::new(&config).map_err(EngineError::Policy)?;
+        let table = ConnTable::new(config.capacity, config.timeouts).map_err(EngineError::Table)?;
+        let addrs = policy.owned_addrs(&config);
+        let ports = if addrs.is_empty() {
+            // A gateway without any public address translates nothing, but stays valid.
+            PortAllocator::new(
+                &[Ipv4Addr::UNSPECIFIED],
+                config.workers,
+                config.port_lo,
+                config.port_hi,
+                &[],
+            )
+        } else {
+            PortAllocator::new(
+                &addrs,
+                config.workers,
+                config.port_lo,
+                config.port_hi,
+                &policy.reserved_ports(),
+            )
+        }
+        .map_err(EngineError::Ports)?;
+        let pat_addrs = config
+            .pat
+            .iter()
+            .map(|r| r.to.iter().filter_map(|a| ports.addr_index(*a)).collect())
+            .collect();
+        let events = if config.event_queue == 0 {
+            Vec::new()
+        } else {
+            (0..config.workers)
+                .map(|_| ArrayQueue::new(config.event_queue))
+                .collect()
+        };
+        Ok(Engine {
+            policy,
+            table,
+            ports,
+            pat_addrs,
+            events,
+            config,
+        })
+    }
+
+    /// The state of worker `id` (0-based, below the configured number of workers).
+    pub fn worker(&self, id: u16) -> Worker {
+        Worker {
+            id,
+            counters: Counters::default(),
+            cursors: self.ports.cursors(id),
+            frags: FragCache::new(self.config.frag_entries, self.config.frag_timeout),
+            reclaim: ReclaimCursor::new(u32::from(id), u32::from(self.config.workers.max(1))),
+        }
+    }
+
+    /// The configuration the engine runs.
+    pub fn config(&self) -> &NatConfig {
+        &self.config
+    }
+
+    /// The compiled policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The connection table.
+    pub fn table(&self) -> &ConnTable {
+        &self.table
+    }
+
+    /// The PAT port allocator.
+    pub fn ports(&self) -> &PortAllocator {
+        &self.ports
+    }
+
+    /// Translates one frame arriving on `ingress` at `now` (seconds on a monotonic clock).
+    pub fn process(&self, w: &mut Worker, frame: &mut [u8], ingress: Side, now: u32) -> Verdict {
+        let v = match classify(frame) {
+            Ok(l) => match flow_key(&l) {
+                Some((key, flags)) => {
+                    let hash = self.table.hash(&key);
+                    self.flow(w, frame, &l, &key, flags, hash, ingress, now)
+                }
+                None => self.non_flow(w, frame, &l, ingress, now),
+            },
+            Err(reason) => Verdict::Drop(reason),
+        };
+        count(w, v);
+        v
+    }
+
+    /// Translates a batch of frames from one side; `verdicts[i]` is the verdict of
+    /// `frames[i]`. Looking up a batch lets the table's memory loads overlap: every frame's
+    /// bucket is prefetched before the first lookup.
+    pub fn process_batch(
+        &self,
+        w: &mut Worker,
+        frames: &mut [&mut [u8]],
+        ingress: Side,
+        now: u32,
+        verdicts: &mut [Verdict],
+    ) {
+        for (frames, verdicts) in frames.chunks_mut(BATCH).zip(verdicts.chunks_mut(BATCH)) {
+            let mut pre: [Option<Classified>; BATCH] = [None; BATCH];
+            for (slot, frame) in pre.iter_mut().zip(frames.iter()) {
+                *slot = Some(classify(frame).map(|l| {
+                    let flow = flow_key(&l).map(|(key, flags)| {
+                        let hash = self.table.hash(&key);
+                        self.table.prefetch(hash);
+                        (key, flags, hash)
+                    });
+                    (l, flow)
+                }));
+            }
+            for ((slot, frame), verdict) in pre.iter().zip(frames.iter_mut()).zip(verdicts) {
+                let v = match slot {
+                    Some(Ok((l, Some((key, flags, hash))))) => {
+                        self.flow(w, frame, l, key, *flags, *hash, ingress, now)
+                    }
+                    Some(Ok((l, None))) => self.non_flow(w, frame, l, ingress, now),
+                    Some(Err(reason)) => Verdict::Drop(*reason),
+                    None => Verdict::Drop(DropReason::Truncated),
+                };
+                count(w, v);
+                *verdict = v;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn flow(
+        &self,
+        w: &mut Worker,
+        frame: &mut [u8],
+        l: &Layout,
+        key: &FlowKey,
+        flags: u8,
+        hash: u64,
+        ingress: Side,
+        now: u32,
+    ) -> Verdict {
+        let hit = match self.table.lookup_hashed(key, hash) {
+            Some(h) if h.state != ConnState::Mapping => {
+                let (expect_in, _) = sides(h.flags, h.dir);
+                if expect_in != ingress {
+                    return Verdict::Drop(DropReason::WrongSide);
+                }
+                if let Some(state) = self.table.refresh(&h, now, flags) {
+                    self.emit(w, ConnEvent::Updated(h.id, state));
+                }
+                h
+            }
+            _ => match self.create(w, frame, l, key, flags, ingress, now) {
+                Created::Conn(h) => h,
+                Created::Done(v) => return v,
+            },
+        };
+        let to = translated(&hit);
+        if rewrite(frame, l, &to).is_err() {
+            return Verdict::Drop(DropReason::Truncated);
+        }
+        let (_, egress) = sides(hit.flags, hit.dir);
+        if l.more_fragments {
+            let fk = FragKey {
+                src: l.src,
+                dst: l.dst,
+                proto: l.proto,
+                ident: l.ident,
+            };
+            let target = FragTarget {
+                src: to.src,
+                dst: to.dst,
+                ingress,
+                egress,
+            };
+            if w.frags.insert(fk, target, now) {
+                w.counters.frag_evictions += 1;
+            }
+        }
+        Verdict::Forward(egress)
+    }
+
+    fn non_flow(
+        &self,
+        w: &mut Worker,
+        frame: &mut [u8],
+        l: &Layout,
+        ingress: Side,
+        now: u32,
+    ) -> Verdict {
+        match l.transport {
+            Transport::Fragment => self.later_fragment(w, frame, l, ingress, now),
+            Transport::IcmpError { inner, .. } => self.icmp_error(frame, l, &inner, ingress),
+            Transport::IcmpOther { .. } => Verdict::Drop(DropReason::IcmpUnsupported),
+            _ => Verdict::Drop(DropReason::UnsupportedProto),
+        }
+    }
+
+    fn later_fragment(
+        &self,
+        w: &mut Worker,
+        frame: &mut [u8],
+        l: &Layout,
+        ingress: Side,
+        now: u32,
+    ) -> Verdict {
+        let key = FragKey {
+            src: l.src,
+            dst: l.dst,
+            proto: l.proto,
+            ident: l.ident,
+        };
+        match w.frags.get(&key, now) {
+            Some(t) if t.ingress == ingress => {
+                let to = Tuple {
+                    src: t.src,
+                    dst: t.dst,
+                    sport: 0,
+                    dport: 0,
+                };
+                match rewrite(frame, l, &to) {
+                    Ok(()) => Verdict::Forward(t.egress),
+                    Err(_) => Verdict::Drop(DropReason::Truncated),
+                }
+            }
+            _ => Verdict::Drop(DropReason::FragmentUnmatched),
+        }
+    }
+
+    /// RFC 5508: an ICMP error is translated through the connection of the datagram it
+    /// quotes, outer header and quote alike, and only if it is addressed to that datagram's
+    /// sender.
+    fn icmp_error(&self, frame: &mut [u8], l: &Layout, inner: &Inner, ingress: Side) -> Verdict {
+        let (sport, dport) = match inner.ports {
+            InnerPorts::Ports { sport, dport } => (sport, dport),
+            InnerPorts::Echo { request: true, id } => (id, 0),
+            InnerPorts::Echo { request: false, id } => (0, id),
+            InnerPorts::None => return Verdict::Drop(DropReason::IcmpErrorNoConn),
+        };
+        let Some(proto) = Proto::from_number(inner.proto) else {
+            return Verdict::Drop(DropReason::IcmpErrorNoConn);
+        };
+        let quoted = FlowKey {
+            src: inner.src,
+            dst: inner.dst,
+            sport,
+            dport,
+            proto,
+        };
+        // The error travels back like a reply to the quoted datagram.
+        let key = quoted.reversed();
+        let hit = match self.table.lookup(&key) {
+            Some(h) if h.state != ConnState::Mapping && l.dst == key.dst => h,
+            _ => return Verdict::Drop(DropReason::IcmpErrorNoConn),
+        };
+        let (expect_in, egress) = sides(hit.flags, hit.dir);
+        if expect_in != ingress {
+            return Verdict::Drop(DropReason::WrongSide);
+        }
+        let to = translated(&hit);
+        // The peer itself reporting gets its translated address; a router on the path keeps
+        // its own.
+        let outer_src = if l.src == key.src { to.src } else { l.src };
+        let outer = Tuple {
+            src: outer_src,
+            dst: to.dst,
+            sport: 0,
+            dport: 0,
+        };
+        let quote = Tuple {
+            src: to.dst,
+            dst: to.src,
+            sport: to.dport,
+            dport: to.sport,
+        };
+        if rewrite(frame, l, &outer).is_err() || rewrite_inner(frame, l, inner, &quote).is_err() {
+            return Verdict::Drop(DropReason::BadIcmpError);
+        }
+        Verdict::Forward(egress)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &self,
+        w: &mut Worker,
+        frame: &mut [u8],
+        l: &Layout,
+        key: &FlowKey,
+        flags: u8,
+        ingress: Side,
+        now: u32,
+    ) -> Created {
+        let to_us = self.policy.is_owned(l.dst);
+        if to_us && matches!(l.transport, Transport::IcmpEcho { request: true, .. }) {
+            return Created::Done(match echo_request_to_reply(frame, l, 64) {
+                Ok(()) => Verdict::Reply,
+                Err(_) => Verdict::Drop(DropReason::Truncated),
+            });
+        }
+        match (ingress, to_us) {
+            (Side::Public, true) => self.inbound(w, key, flags, now),
+            (Side::Public, false) => Created::Done(Verdict::Drop(DropReason::NoRule)),
+            (Side::Private, true) => self.hairpin(w, key, flags, now),
+            (Side::Private, false) => self.outbound(w, key, flags, now),
+        }
+    }
+
+    /// Where a new flow to one of our addresses goes: a DNAT rule, a pool, or (filtering
+    /// permitting) the internal endpoint of a PAT mapping. Returns the internal address,
+    /// port, backend, and the mapping (with a reference taken) if it went through one.
+    fn destination(
+        &self,
+        key: &FlowKey,
+    ) -> Result<(Ipv4Addr, u16, u32, Option<ConnId>), DropReason> {
+        if key.proto != Proto::Icmp {
+            if let Some(target) = self.policy.dnat(key.dst, key.proto, key.dport) {
+                return match target {
+                    Target::Host(addr, port) => Ok((addr, port, NO_BACKEND, None)),
+                    Target::Pool(pool) => {
+                        let h = backend_hash(key);
+                        let (index, b) = self
+                            .policy
+                            .pick_backend(pool, h)
+                            .ok_or(DropReason::NoBackend)?;
+                        let backend = (u32::from(pool) << 16) | u32::from(index);
+                        Ok((b.addr, b.port, backend, None))
+                    }
+                };
+            }
+        }
+        let mkey = mapping_public_key(key.dst, key.dport, key.proto);
+        match self.table.lookup(&mkey) {
+            Some(m) if m.state == ConnState::Mapping => {
+                if self.config.filtering == Filtering::AddressAndPortDependent {
+                    return Err(DropReason::Filtered);
+                }
+                if !self.table.acquire_ref(m.id) {
+                    return Err(DropReason::NoRule);
+                }
+                Ok((m.orig.src, m.orig.sport, NO_BACKEND, Some(m.id)))
+            }
+            _ => Err(DropReason::NoRule),
+        }
+    }
+
+    fn inbound(&self, w: &mut Worker, key: &FlowKey, flags: u8, now: u32) -> Created {
+        if key.proto == Proto::Icmp && key.dport == 0 {
+            // An echo request to us was answered above; nothing else opens ICMP inbound.
+            return Created::Done(Verdict::Drop(DropReason::NoRule));
+        }
+        if !may_open(key, flags) {
+            return Created::Done(Verdict::Drop(DropReason::TcpNoConn));
+        }
+        let (addr, port, backend, mapping) = match self.destination(key) {
+            Ok(d) => d,
+            Err(r) => return Created::Done(Verdict::Drop(r)),
+        };
+        let conn = NewConn {
+            orig: *key,
+            reply: FlowKey {
+                src: addr,
+                dst: key.src,
+                sport: port,
+                dport: key.sport,
+                proto: key.proto,
+            },
+            state: initial_state(key.proto),
+            flags: conn_flags::ORIG_OUT_PRIVATE | conn_flags::DNAT,
+            owner: owner_byte(w.id),
+            mapping,
+            backend,
+        };
+        self.insert_conn(w, conn, now)
+    }
+
+    fn outbound(&self, w: &mut Worker, key: &FlowKey, flags: u8, now: u32) -> Created {
+        let Some(rule) = self.policy.pat_rule_for(key.src) else {
+            return Created::Done(Verdict::Drop(DropReason::NoRule));
+        };
+        if !may_open(key, flags) {
+            return Created::Done(Verdict::Drop(DropReason::TcpNoConn));
+        }
+        let candidates = self.pat_addrs.get(rule).map(Vec::as_slice).unwrap_or(&[]);
+        let m = match self.mapping_for(w, key.src, key.sport, key.proto, candidates, now) {
+            Ok(m) => m,
+            Err(r) => return Created::Done(Verdict::Drop(r)),
+        };
+        let conn = NewConn {
+            orig: *key,
+            reply: FlowKey {
+                src: key.dst,
+                dst: m.addr,
+                sport: key.dport,
+                dport: m.port,
+                proto: key.proto,
+            },
+            state: initial_state(key.proto),
+            flags: conn_flags::ORIG_IN_PRIVATE | conn_flags::SNAT,
+            owner: owner_byte(w.id),
+            mapping: Some(m.id),
+            backend: NO_BACKEND,
+        };
+        self.insert_conn(w, conn, now)
+    }
+
+    /// An internal host reaching one of our public addresses (RFC 4787 REQ-9, RFC 5382
+    /// REQ-8): the destination is translated as for an inbound flow, the source to the
+    /// host's own mapping (or one on the address it reached, if no PAT rule covers it), so
+    /// that replies come back through the gateway.
+    fn hairpin(&self, w: &mut Worker, key: &FlowKey, flags: u8, now: u32) -> Created {
+        if key.proto == Proto::Icmp || !may_open(key, flags) {
+            let r = if key.proto == Proto::Icmp {
+                DropReason::NoRule
+            } else {
+                DropReason::TcpNoConn
+            };
+            return Created::Done(Verdict::Drop(r));
+        }
+        let (addr, port, backend, dest_mapping) = match self.destination(key) {
+            Ok(d) => d,
+            Err(r) => return Created::Done(Verdict::Drop(r)),
+        };
+        // The destination mapping only had to exist; this connection keeps its own source
+        // mapping alive.
+        if let Some(m) = dest_mapping {
+            self.table.release_ref(m);
+        }
+        let own;
+        let candidates: &[usize] = match self.policy.pat_rule_for(key.src) {
+            Some(rule) => self.pat_addrs.get(rule).map(Vec::as_slice).unwrap_or(&[]),
+            None => {
+                own = self.ports.addr_index(key.dst);
+                own.as_slice()
+            }
+        };
+        let m = match self.mapping_for(w, key.src, key.sport, key.proto, candidates, now) {
+            Ok(m) => m,
+            Err(r) => return Created::Done(Verdict::Drop(r)),
+        };
+        let conn = NewConn {
+            orig: *key,
+            reply: FlowKey {
+                src: addr,
+                dst: m.addr,
+                sport: port,
+                dport: m.port,
+                proto: key.proto,
+            },
+            state: initial_state(key.proto),
+            flags: conn_flags::ORIG_IN_PRIVATE
+                | conn_flags::ORIG_OUT_PRIVATE
+                | conn_flags::DNAT
+                | conn_flags::SNAT
+                | conn_flags::HAIRPIN,
+            owner: owner_byte(w.id),
+            mapping: Some(m.id),
+            backend,
+        };
+        self.insert_conn(w, conn, now)
+    }
+
+    /// The endpoint-independent mapping (RFC 4787 REQ-1) of an internal endpoint: the one it
+    /// has, or a new one with its port preserved when free. Returns it with a reference taken.
+    fn mapping_for(
+        &self,
+        w: &mut Worker,
+        addr: Ipv4Addr,
+        port: u16,
+        proto: Proto,
+        candidates: &[usize],
+        now: u32,
+    ) -> Result<MappingRef, DropReason> {
+        let ikey = mapping_internal_key(addr, port, proto);
+        // A mapping can vanish between lookup and reference (reclaimed with no users), or
+        // another worker can create it first: a few bounded retries settle either race.
+        for _ in 0..3 {
+            if let Some(m) = self.table.lookup(&ikey) {
+                if m.state == ConnState::Mapping && self.table.acquire_ref(m.id) {
+                    return Ok(MappingRef {
+                        id: m.id,
+                        addr: m.reply.dst,
+                        port: m.reply.dport,
+                    });
+                }
+                continue;
+            }
+            let ai = self
+                .ports
+                .pick_addr(candidates, addr)
+                .ok_or(DropReason::NoRule)?;
+            let public = *self.ports.addrs().get(ai).ok_or(DropReason::NoRule)?;
+            let pport = self
+                .ports
+                .allocate(&mut w.cursors, ai, proto, port)
+                .ok_or(DropReason::PatPortsExhausted)?;
+            let mapping = NewConn {
+                orig: ikey,
+                reply: mapping_public_key(public, pport, proto),
+                state: ConnState::Mapping,
+                flags: 0,
+                owner: owner_byte(w.id),
+                mapping: None,
+                backend: NO_BACKEND,
+            };
+            match self.table.insert(&mapping, now) {
+                Ok(id) => {
+                    w.counters.mappings_created += 1;
+                    self.emit(w, ConnEvent::Created(id));
+                    if self.table.acquire_ref(id) {
+                        return Ok(MappingRef {
+                            id,
+                            addr: public,
+                            port: pport,
+                        });
+                    }
+                }
+                Err(e) => {
+                    self.ports.release(ai, proto, pport);
+                    match e {
+                        InsertError::Exists(_) => {}
+                        InsertError::Full => return Err(DropReason::TableFull),
+                        InsertError::Clash => return Err(DropReason::TupleClash),
+                    }
+                }
+            }
+        }
+        Err(DropReason::TupleClash)
+    }
+
+    fn insert_conn(&self, w: &mut Worker, conn: NewConn, now: u32) -> Created {
+        match self.table.insert(&conn, now) {
+            Ok(id) => {
+                w.counters.conns_created += 1;
+                self.emit(w, ConnEvent::Created(id));
+                Created::Conn(Hit {
+                    id,
+                    dir: Dir::Orig,
+                    orig: conn.orig,
+                    reply: conn.reply,
+                    state: conn.state,
+                    flags: conn.flags,
+                    owner: conn.owner,
+                    mapping: conn.mapping,
+                    backend: conn.backend,
+                })
+            }
+            Err(e) => {
+                if let Some(m) = conn.mapping {
+                    self.table.release_ref(m);
+                }
+                match e {
+                    // Another worker created the same connection a moment ago: use it.
+                    InsertError::Exists(h) => Created::Conn(h),
+                    InsertError::Full => Created::Done(Verdict::Drop(DropReason::TableFull)),
+                    InsertError::Clash => Created::Done(Verdict::Drop(DropReason::TupleClash)),
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn emit(&self, w: &mut Worker, event: ConnEvent) {
+        if let Some(q) = self.events.get(usize::from(w.id)) {
+            if q.push(event).is_err() {
+                w.counters.events_lost += 1;
+            }
+        }
+    }
+
+    /// Removes up to `budget` entries' worth of expired connections and mappings from this
+    /// worker's share of the table, releasing their ports and references. Workers call it
+    /// between batches, so expiry never stops the packet path.
+    pub fn reclaim(&self, w: &mut Worker, now: u32, budget: u32) -> u32 {
+        let Worker {
+            id,
+            counters,
+            reclaim,
+            ..
+        } = w;
+        let queue = self.events.get(usize::from(*id));
+        let removed = self.table.reclaim(now, reclaim, budget, |_, rec| {
+            self.release_resources(rec);
+            if let Some(q) = queue {
+                if q.push(ConnEvent::Deleted(rec.orig)).is_err() {
+                    counters.events_lost += 1;
+                }
+            }
+        });
+        counters.reclaimed += u64::from(removed);
+        removed
+    }
+
+    fn release_resources(&self, rec: &ConnRecord) {
+        if rec.state == ConnState::Mapping {
+            if let Some(ai) = self.ports.addr_index(rec.reply.dst) {
+                self.ports.release(ai, rec.reply.proto, rec.reply.dport);
+            }
+        } else if let Some(m) = rec.mapping {
+            self.table.release_ref(m);
+        }
+    }
+
+    /// Takes the events worker `worker` queued, oldest first (the state-sync sender).
+    pub fn drain_events(&self, worker: u16, mut f: impl FnMut(ConnEvent)) {
+        if let Some(q) = self.events.get(usize::from(worker)) {
+            while let Some(e) = q.pop() {
+                f(e);
+            }
+        }
+    }
+
+    /// A connection or mapping as state sync sends it: its record, and for a connection
+    /// that holds a PAT mapping, the mapping's internal key so the standby can resolve it.
+    pub fn export(&self, id: ConnId, now: u32) -> Option<(ConnRecord, Option<FlowKey>)> {
+        let rec = self.table.export(id, now)?;
+        let mapping_key = match rec.mapping {
+            Some(m) => Some(self.table.export(m, now)?.orig),
+            None => None,
+        };
+        Some((rec, mapping_key))
+    }
+
+    /// Installs a connection or mapping exactly as the active box has it (the standby side
+    /// of state sync): a mapping claims its public port; a connection takes a reference on
+    /// its mapping, found by `mapping_key` (install mappings first).
+    ///
+    /// # Errors
+    /// [`InsertError`] from the table; `Clash` also when the port or mapping is missing.
+    pub fn install(
+        &self,
+        rec: &ConnRecord,
+        mapping_key: Option<&FlowKey>,
+        now: u32,
+    ) -> Result<ConnId, InsertError> {
+        let mut rec = *rec;
+        if rec.state == ConnState::Mapping {
+            let ai = self
+                .ports
+                .addr_index(rec.reply.dst)
+                .ok_or(InsertError::Clash)?;
+            if !self.ports.claim(ai, rec.reply.proto, rec.reply.dport) {
+                return Err(InsertError::Clash);
+            }
+            return self.table.install(&rec, now).inspect_err(|_| {
+                self.ports.release(ai, rec.reply.proto, rec.reply.dport);
+            });
+        }
+        rec.mapping = match mapping_key {
+            Some(k) => match self.table.lookup(k) {
+                Some(m) if m.state == ConnState::Mapping && self.table.acquire_ref(m.id) => {
+                    Some(m.id)
+                }
+                _ => return Err(InsertError::Clash),
+            },
+            None => None,
+        };
+        self.table.install(&rec, now).inspect_err(|_| {
+            if let Some(m) = rec.mapping {
+                self.table.release_ref(m);
+            }
+        })
+    }
+}
+
+fn owner_byte(id: u16) -> u8 {
+    u8::try_from(id).unwrap_or(u8::MAX)
+}
+
+#[inline]
+fn classify(frame: &[u8]) -> Result<Layout, DropReason> {
+    match vipgate_wire::parse(frame) {
+        Ok(Parsed::Ipv4(l)) => {
+            if is_martian(l.src) || is_martian(l.dst) {
+                Err(DropReason::Martian)
+            } else {
+                Ok(l)
+            }
+        }
+        Ok(Parsed::Ipv6) => Err(DropReason::Ipv6),
+        Ok(Parsed::Arp { .. } | Parsed::Other(_)) => Err(DropReason::NotIp),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[inline]
+fn count(w: &mut Worker, v: Verdict) {
+    match v {
+        Verdict::Forward(_) => w.counters.forwarded += 1,
+        Verdict::Reply => w.counters.echo_replies += 1,
+        Verdict::Drop(r) => w.counters.drop(r),
+    }
+}
+
+/// Murmur3's 64-bit finalizer: a portable mix, identical on every box and build.
+#[inline]
+fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
+}
+
+/// The hash that picks a pool backend. It must be the same on every box (ECMP may spread
+/// one flow's packets over several pairs), so unlike the table's it has no random seed and
+/// no CPU-dependent code path.
+#[inline]
+fn backend_hash(key: &FlowKey) -> u64 {
+    let [a, b] = key.pack();
+    fmix64(a ^ fmix64(b ^ 0x7669_7067_6174_6531))
+}

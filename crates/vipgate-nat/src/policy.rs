@@ -1,0 +1,540 @@
+//! NAT policy: which new flows get translated, and to what.
+//!
+//! - DNAT rules: a VIP, protocol and port (or port range) to one internal host and port.
+//! - Pools: a VIP, protocol and port to several weighted backends chosen by Maglev.
+//! - PAT rules: internal prefixes whose outbound flows leave behind one or more public
+//!   addresses, with ports from the [`crate::ports::PortAllocator`].
+//!
+//! [`NatConfig`] is the plain description; [`Policy`] is its checked, compiled form used on
+//! the miss path.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use hashbrown::{HashMap, HashSet};
+
+use crate::maglev::{Maglev, MaglevError};
+use crate::timeouts::Timeouts;
+use crate::Proto;
+
+/// An IPv4 prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ipv4Net {
+    /// Network address.
+    pub addr: Ipv4Addr,
+    /// Prefix length, 0 to 32.
+    pub len: u8,
+}
+
+impl Ipv4Net {
+    /// A prefix; `None` if `len` > 32.
+    pub fn new(addr: Ipv4Addr, len: u8) -> Option<Ipv4Net> {
+        (len <= 32).then_some(Ipv4Net { addr, len })
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.len.min(32)))
+            .unwrap_or(0)
+    }
+
+    /// True if `a` lies in the prefix.
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        (u32::from(a) ^ u32::from(self.addr)) & self.mask() == 0
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// Inbound filtering of PAT mappings (RFC 4787 section 5, RFC 5382 section 4.3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Filtering {
+    /// Any external endpoint may reach an internal host through its mapping.
+    EndpointIndependent,
+    /// Only endpoints the internal host has sent to may reach it (the default).
+    #[default]
+    AddressAndPortDependent,
+}
+
+/// A static DNAT rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnatRule {
+    /// The public address.
+    pub vip: Ipv4Addr,
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// First port of the range.
+    pub port_lo: u16,
+    /// Last port of the range (equal to `port_lo` for one port).
+    pub port_hi: u16,
+    /// The internal host.
+    pub to: Ipv4Addr,
+    /// The internal port for `port_lo` (the range maps onto `to_port..`); `None` keeps ports.
+    pub to_port: Option<u16>,
+}
+
+/// A backend of a pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Address.
+    pub addr: Ipv4Addr,
+    /// Port.
+    pub port: u16,
+    /// Relative weight; 0 takes it out of service.
+    pub weight: u32,
+}
+
+/// A load-balanced service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// Name, for logs and errors.
+    pub name: String,
+    /// The public address.
+    pub vip: Ipv4Addr,
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// The public port.
+    pub port: u16,
+    /// Backends.
+    pub backends: Vec<Backend>,
+    /// Maglev table size (prime; [`Maglev::DEFAULT_SIZE`] unless there is a reason).
+    pub table_size: u32,
+}
+
+/// A PAT rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatRule {
+    /// Internal prefixes this rule covers.
+    pub from: Vec<Ipv4Net>,
+    /// Public addresses their flows leave behind (one internal host always gets the same).
+    pub to: Vec<Ipv4Addr>,
+}
+
+/// Everything the engine needs to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatConfig {
+    /// Connection table capacity (PAT mappings included).
+    pub capacity: u32,
+    /// Idle timeouts.
+    pub timeouts: Timeouts,
+    /// Number of workers (threads calling the engine).
+    pub workers: u16,
+    /// First PAT port.
+    pub port_lo: u16,
+    /// Last PAT port.
+    pub port_hi: u16,
+    /// Inbound filtering of PAT mappings.
+    pub filtering: Filtering,
+    /// The VIPs: addresses the gateway answers for (echo, and with the data plane, ARP).
+    pub vips: Vec<Ipv4Addr>,
+    /// Static DNAT rules.
+    pub dnat: Vec<DnatRule>,
+    /// Load-balanced pools.
+    pub pools: Vec<Pool>,
+    /// PAT rules, first match wins.
+    pub pat: Vec<PatRule>,
+    /// Fragment cache entries per worker.
+    pub frag_entries: usize,
+    /// Seconds a fragment cache entry lives.
+    pub frag_timeout: u32,
+    /// Capacity of each worker's state-sync event queue; 0 turns events off.
+    pub event_queue: usize,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        NatConfig {
+            capacity: 1 << 20,
+            timeouts: Timeouts::default(),
+            workers: 1,
+            port_lo: crate::ports::DEFAULT_LO,
+            port_hi: crate::ports::DEFAULT_HI,
+            filtering: Filtering::default(),
+            vips: Vec::new(),
+            dnat: Vec::new(),
+            pools: Vec::new(),
+            pat: Vec::new(),
+            frag_entries: 1024,
+            frag_timeout: 30,
+            event_queue: 0,
+        }
+    }
+}
+
+/// A configuration the engine refuses, with the place and the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyError {
+    /// A DNAT rule or pool uses an address that is not among the VIPs.
+    NotAVip {
+        /// Which rule, e.g. `dnat[2]` or `pools[0]`.
+        at: String,
+        /// The address.
+        addr: Ipv4Addr,
+    },
+    /// ICMP in a DNAT rule or pool (only TCP and UDP are port-translated).
+    BadProto {
+        /// Which rule.
+        at: String,
+    },
+    /// Port 0 or a range whose end is below its start or whose target overflows.
+    BadPorts {
+        /// Which rule.
+        at: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// Two rules cover the same VIP, protocol and port.
+    Overlap {
+        /// One rule.
+        at: String,
+        /// The other.
+        other: String,
+        /// A port both cover.
+        port: u16,
+    },
+    /// A pool without backends, or whose Maglev table cannot be built.
+    BadPool {
+        /// Which pool.
+        at: String,
+        /// The Maglev error.
+        why: MaglevError,
+    },
+    /// A PAT rule without prefixes or without public addresses.
+    EmptyPat {
+        /// Which rule.
+        at: String,
+    },
+    /// Zero workers.
+    NoWorkers,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyError::NotAVip { at, addr } => {
+                write!(
+                    f,
+                    "{at}: {addr} is not one of the configured vips; add it to vips"
+                )
+            }
+            PolicyError::BadProto { at } => {
+                write!(f, "{at}: protocol must be tcp or udp")
+            }
+            PolicyError::BadPorts { at, why } => write!(f, "{at}: {why}"),
+            PolicyError::Overlap { at, other, port } => {
+                write!(f, "{at}: port {port} is already covered by {other}")
+            }
+            PolicyError::BadPool { at, why } => write!(f, "{at}: {why}"),
+            PolicyError::EmptyPat { at } => {
+                write!(
+                    f,
+                    "{at}: needs at least one prefix in from and one address in to"
+                )
+            }
+            PolicyError::NoWorkers => write!(f, "workers: must be at least 1"),
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+/// Where a DNAT'd flow goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One host and port.
+    Host(Ipv4Addr, u16),
+    /// A pool, by index.
+    Pool(u16),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct RangeRule {
+    vip: u32,
+    proto: Proto,
+    lo: u16,
+    hi: u16,
+    to: Ipv4Addr,
+    to_port: Option<u16>,
+}
+
+#[derive(Debug)]
+struct CompiledPool {
+    backends: Vec<Backend>,
+    maglev: Maglev,
+}
+
+type FixedState = ahash::RandomState;
+
+fn fixed_state() -> FixedState {
+    // Keys here come from configuration, so flooding is not a concern; fixed seeds keep
+    // iteration and layout the same from run to run.
+    ahash::RandomState::with_seeds(1, 2, 3, 4)
+}
+
+/// The compiled policy.
+#[derive(Debug)]
+pub struct Policy {
+    owned: HashSet<u32, FixedState>,
+    vips: HashSet<u32, FixedState>,
+    exact: HashMap<(u32, u8, u16), Target, FixedState>,
+    ranges: Vec<RangeRule>,
+    pools: Vec<CompiledPool>,
+    pat: Vec<PatRule>,
+}
+
+impl Policy {
+    /// Checks and compiles the rules of `config`.
+    ///
+    /// # Errors
+    /// The first [`PolicyError`] found.
+    pub fn new(config: &NatConfig) -> Result<Policy, PolicyError> {
+        if config.workers == 0 {
+            return Err(PolicyError::NoWorkers);
+        }
+        let vips: HashSet<u32, FixedState> = {
+            let mut s = HashSet::with_hasher(fixed_state());
+            s.extend(config.vips.iter().map(|a| u32::from(*a)));
+            s
+        };
+        let mut owned = vips.clone();
+        let mut exact = HashMap::with_hasher(fixed_state());
+        let mut ranges: Vec<(String, RangeRule)> = Vec::new();
+        let mut exact_owner: HashMap<(u32, u8, u16), String, FixedState> =
+            HashMap::with_hasher(fixed_state());
+
+        for (i, r) in config.dnat.iter().enumerate() {
+            let at = format!("dnat[{i}]");
+            check_vip_proto(&at, &vips, r.vip, r.proto)?;
+            if r.port_lo == 0 || r.port_hi < r.port_lo {
+                return Err(PolicyError::BadPorts {
+                    at,
+                    why: format!(
+                        "port range {}-{} must be within 1-65535 and not reversed",
+                        r.port_lo, r.port_hi
+                    ),
+                });
+            }
+            if let Some(p) = r.to_port {
+                let last = u32::from(p) + u32::from(r.port_hi - r.port_lo);
+                if p == 0 || last > 65535 {
+                    return Err(PolicyError::BadPorts {
+                        at,
+                        why: format!("to_port {p} maps the range past port 65535 or is 0"),
+                    });
+                }
+            }
+            let rule = RangeRule {
+                vip: u32::from(r.vip),
+                proto: r.proto,
+                lo: r.port_lo,
+                hi: r.port_hi,
+                to: r.to,
+                to_port: r.to_port,
+            };
+            check_overlap(&at, &rule, &ranges, &exact_owner)?;
+            if r.port_lo == r.port_hi {
+                let key = (rule.vip, r.proto.number(), r.port_lo);
+                exact.insert(key, Target::Host(r.to, r.to_port.unwrap_or(r.port_lo)));
+                exact_owner.insert(key, at);
+            } else {
+                ranges.push((at, rule));
+            }
+        }
+
+        let mut pools = Vec::with_capacity(config.pools.len());
+        for (i, p) in config.pools.iter().enumerate() {
+            let at = format!("pools[{i}] ({})", p.name);
+            check_vip_proto(&at, &vips, p.vip, p.proto)?;
+            if p.port == 0 {
+                return Err(PolicyError::BadPorts {
+                    at,
+                    why: "port must be within 1-65535".into(),
+                });
+            }
+            let rule = RangeRule {
+                vip: u32::from(p.vip),
+                proto: p.proto,
+                lo: p.port,
+                hi: p.port,
+                to: Ipv4Addr::UNSPECIFIED,
+                to_port: None,
+            };
+            check_overlap(&at, &rule, &ranges, &exact_owner)?;
+            let ids: Vec<Vec<u8>> = p
+                .backends
+                .iter()
+                .map(|b| format!("{}:{}", b.addr, b.port).into_bytes())
+                .collect();
+            let weighted: Vec<(&[u8], u32)> = ids
+                .iter()
+                .zip(&p.backends)
+                .map(|(id, b)| (id.as_slice(), b.weight))
+                .collect();
+            let maglev =
+                Maglev::new(&weighted, p.table_size).map_err(|why| PolicyError::BadPool {
+                    at: at.clone(),
+                    why,
+                })?;
+            let index = u16::try_from(pools.len()).map_err(|_| PolicyError::BadPool {
+                at: at.clone(),
+                why: MaglevError::TooManyBackends(pools.len()),
+            })?;
+            let key = (rule.vip, p.proto.number(), p.port);
+            exact.insert(key, Target::Pool(index));
+            exact_owner.insert(key, at);
+            pools.push(CompiledPool {
+                backends: p.backends.clone(),
+                maglev,
+            });
+        }
+
+        for (i, r) in config.pat.iter().enumerate() {
+            if r.from.is_empty() || r.to.is_empty() {
+                return Err(PolicyError::EmptyPat {
+                    at: format!("pat[{i}]"),
+                });
+            }
+            owned.extend(r.to.iter().map(|a| u32::from(*a)));
+        }
+
+        Ok(Policy {
+            owned,
+            vips,
+            exact,
+            ranges: ranges.into_iter().map(|(_, r)| r).collect(),
+            pools,
+            pat: config.pat.clone(),
+        })
+    }
+
+    /// True for every address the gateway translates for: VIPs and PAT addresses.
+    #[inline]
+    pub fn is_owned(&self, a: Ipv4Addr) -> bool {
+        self.owned.contains(&u32::from(a))
+    }
+
+    /// True for the configured VIPs.
+    pub fn is_vip(&self, a: Ipv4Addr) -> bool {
+        self.vips.contains(&u32::from(a))
+    }
+
+    /// Every owned address (VIPs first, then PAT addresses), without repeats.
+    pub fn owned_addrs(&self, config: &NatConfig) -> Vec<Ipv4Addr> {
+        let mut v: Vec<Ipv4Addr> = Vec::new();
+        for a in config
+            .vips
+            .iter()
+            .chain(config.pat.iter().flat_map(|r| r.to.iter()))
+        {
+            if !v.contains(a) {
+                v.push(*a);
+            }
+        }
+        v
+    }
+
+    /// The ports DNAT rules and pools use on each VIP: PAT must never hand them out.
+    pub fn reserved_ports(&self) -> Vec<(Ipv4Addr, Proto, u16)> {
+        let mut v: Vec<(Ipv4Addr, Proto, u16)> = self
+            .exact
+            .keys()
+            .filter_map(|(a, p, port)| Some((Ipv4Addr::from(*a), Proto::from_number(*p)?, *port)))
+            .collect();
+        for r in &self.ranges {
+            v.extend((r.lo..=r.hi).map(|p| (Ipv4Addr::from(r.vip), r.proto, p)));
+        }
+        v
+    }
+
+    /// The DNAT target for a new flow to `vip:port`.
+    #[inline]
+    pub fn dnat(&self, vip: Ipv4Addr, proto: Proto, port: u16) -> Option<Target> {
+        let v = u32::from(vip);
+        if let Some(t) = self.exact.get(&(v, proto.number(), port)) {
+            return Some(*t);
+        }
+        self.ranges
+            .iter()
+            .find(|r| r.vip == v && r.proto == proto && (r.lo..=r.hi).contains(&port))
+            .map(|r| {
+                let to_port = match r.to_port {
+                    Some(p) => p.saturating_add(port - r.lo),
+                    None => port,
+                };
+                Target::Host(r.to, to_port)
+            })
+    }
+
+    /// The backend of pool `pool` for a flow hashing to `hash`, with its index.
+    #[inline]
+    pub fn pick_backend(&self, pool: u16, hash: u64) -> Option<(u16, &Backend)> {
+        let p = self.pools.get(usize::from(pool))?;
+        let i = p.maglev.lookup(hash)?;
+        Some((i, p.backends.get(usize::from(i))?))
+    }
+
+    /// The backend `index` of pool `pool`.
+    pub fn backend(&self, pool: u16, index: u16) -> Option<&Backend> {
+        self.pools
+            .get(usize::from(pool))?
+            .backends
+            .get(usize::from(index))
+    }
+
+    /// The index of the first PAT rule covering `src`.
+    #[inline]
+    pub fn pat_rule_for(&self, src: Ipv4Addr) -> Option<usize> {
+        self.pat
+            .iter()
+            .position(|r| r.from.iter().any(|n| n.contains(src)))
+    }
+}
+
+fn check_vip_proto(
+    at: &str,
+    vips: &HashSet<u32, FixedState>,
+    vip: Ipv4Addr,
+    proto: Proto,
+) -> Result<(), PolicyError> {
+    if !vips.contains(&u32::from(vip)) {
+        return Err(PolicyError::NotAVip {
+            at: at.to_string(),
+            addr: vip,
+        });
+    }
+    if proto == Proto::Icmp {
+        return Err(PolicyError::BadProto { at: at.to_string() });
+    }
+    Ok(())
+}
+
+fn check_overlap(
+    at: &str,
+    rule: &RangeRule,
+    ranges: &[(String, RangeRule)],
+    exact_owner: &HashMap<(u32, u8, u16), String, FixedState>,
+) -> Result<(), PolicyError> {
+    for (other, r) in ranges {
+        if r.vip == rule.vip && r.proto == rule.proto && r.lo <= rule.hi && rule.lo <= r.hi {
+            return Err(PolicyError::Overlap {
+                at: at.to_string(),
+                other: other.clone(),
+                port: rule.lo.max(r.lo),
+            });
+        }
+    }
+    for port in rule.lo..=rule.hi {
+        if let Some(other) = exact_owner.get(&(rule.vip, rule.proto.number(), port)) {
+            return Err(PolicyError::Overlap {
+                at: at.to_string(),
+                other: other.clone(),
+                port,
+            });
+        }
+    }
+    Ok(())
+}
