@@ -227,12 +227,19 @@ fn initial_state(proto: Proto) -> ConnState {
     }
 }
 
-/// A TCP segment may open a connection only as a plain SYN (RFC 5382 REQ-2 aside, nothing
-/// else should make a NAT allocate state).
+/// Whether a packet may open a connection, and if not, the reason to drop it: TCP only with
+/// a plain SYN, ICMP only with an echo request (a stray reply must not allocate state).
 #[inline]
-fn may_open(key: &FlowKey, flags: u8) -> bool {
-    key.proto != Proto::Tcp
-        || flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN
+fn may_open(l: &Layout) -> Result<(), DropReason> {
+    match l.transport {
+        Transport::Tcp { flags, .. }
+            if flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) != tcp_flags::SYN =>
+        {
+            Err(DropReason::TcpNoConn)
+        }
+        Transport::IcmpEcho { request: false, .. } => Err(DropReason::NoRule),
+        _ => Ok(()),
+    }
 }
 
 impl Engine {
@@ -395,7 +402,7 @@ impl Engine {
                 }
                 h
             }
-            _ => match self.create(w, frame, l, key, flags, ingress, now) {
+            _ => match self.create(w, frame, l, key, ingress, now) {
                 Created::Conn(h) => h,
                 Created::Done(v) => return v,
             },
@@ -524,14 +531,12 @@ impl Engine {
         Verdict::Forward(egress)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn create(
         &self,
         w: &mut Worker,
         frame: &mut [u8],
         l: &Layout,
         key: &FlowKey,
-        flags: u8,
         ingress: Side,
         now: u32,
     ) -> Created {
@@ -542,11 +547,16 @@ impl Engine {
                 Err(_) => Verdict::Drop(DropReason::Truncated),
             });
         }
+        if !to_us && ingress == Side::Public {
+            return Created::Done(Verdict::Drop(DropReason::NoRule));
+        }
+        if let Err(r) = may_open(l) {
+            return Created::Done(Verdict::Drop(r));
+        }
         match (ingress, to_us) {
-            (Side::Public, true) => self.inbound(w, key, flags, now),
-            (Side::Public, false) => Created::Done(Verdict::Drop(DropReason::NoRule)),
-            (Side::Private, true) => self.hairpin(w, key, flags, now),
-            (Side::Private, false) => self.outbound(w, key, flags, now),
+            (Side::Public, _) => self.inbound(w, key, now),
+            (Side::Private, true) => self.hairpin(w, key, now),
+            (Side::Private, false) => self.outbound(w, key, now),
         }
     }
 
@@ -557,21 +567,23 @@ impl Engine {
         &self,
         key: &FlowKey,
     ) -> Result<(Ipv4Addr, u16, u32, Option<ConnId>), DropReason> {
-        if key.proto != Proto::Icmp {
-            if let Some(target) = self.policy.dnat(key.dst, key.proto, key.dport) {
-                return match target {
-                    Target::Host(addr, port) => Ok((addr, port, NO_BACKEND, None)),
-                    Target::Pool(pool) => {
-                        let h = backend_hash(key);
-                        let (index, b) = self
-                            .policy
-                            .pick_backend(pool, h)
-                            .ok_or(DropReason::NoBackend)?;
-                        let backend = (u32::from(pool) << 16) | u32::from(index);
-                        Ok((b.addr, b.port, backend, None))
-                    }
-                };
-            }
+        // Echo requests to our addresses are answered by us; no ICMP query opens inbound.
+        if key.proto == Proto::Icmp {
+            return Err(DropReason::NoRule);
+        }
+        if let Some(target) = self.policy.dnat(key.dst, key.proto, key.dport) {
+            return match target {
+                Target::Host(addr, port) => Ok((addr, port, NO_BACKEND, None)),
+                Target::Pool(pool) => {
+                    let h = backend_hash(key);
+                    let (index, b) = self
+                        .policy
+                        .pick_backend(pool, h)
+                        .ok_or(DropReason::NoBackend)?;
+                    let backend = (u32::from(pool) << 16) | u32::from(index);
+                    Ok((b.addr, b.port, backend, None))
+                }
+            };
         }
         let mkey = mapping_public_key(key.dst, key.dport, key.proto);
         match self.table.lookup(&mkey) {
@@ -588,14 +600,7 @@ impl Engine {
         }
     }
 
-    fn inbound(&self, w: &mut Worker, key: &FlowKey, flags: u8, now: u32) -> Created {
-        if key.proto == Proto::Icmp && key.dport == 0 {
-            // An echo request to us was answered above; nothing else opens ICMP inbound.
-            return Created::Done(Verdict::Drop(DropReason::NoRule));
-        }
-        if !may_open(key, flags) {
-            return Created::Done(Verdict::Drop(DropReason::TcpNoConn));
-        }
+    fn inbound(&self, w: &mut Worker, key: &FlowKey, now: u32) -> Created {
         let (addr, port, backend, mapping) = match self.destination(key) {
             Ok(d) => d,
             Err(r) => return Created::Done(Verdict::Drop(r)),
@@ -618,13 +623,10 @@ impl Engine {
         self.insert_conn(w, conn, now)
     }
 
-    fn outbound(&self, w: &mut Worker, key: &FlowKey, flags: u8, now: u32) -> Created {
+    fn outbound(&self, w: &mut Worker, key: &FlowKey, now: u32) -> Created {
         let Some(rule) = self.policy.pat_rule_for(key.src) else {
             return Created::Done(Verdict::Drop(DropReason::NoRule));
         };
-        if !may_open(key, flags) {
-            return Created::Done(Verdict::Drop(DropReason::TcpNoConn));
-        }
         let candidates = self.pat_addrs.get(rule).map(Vec::as_slice).unwrap_or(&[]);
         let m = match self.mapping_for(w, key.src, key.sport, key.proto, candidates, now) {
             Ok(m) => m,
@@ -652,15 +654,7 @@ impl Engine {
     /// REQ-8): the destination is translated as for an inbound flow, the source to the
     /// host's own mapping (or one on the address it reached, if no PAT rule covers it), so
     /// that replies come back through the gateway.
-    fn hairpin(&self, w: &mut Worker, key: &FlowKey, flags: u8, now: u32) -> Created {
-        if key.proto == Proto::Icmp || !may_open(key, flags) {
-            let r = if key.proto == Proto::Icmp {
-                DropReason::NoRule
-            } else {
-                DropReason::TcpNoConn
-            };
-            return Created::Done(Verdict::Drop(r));
-        }
+    fn hairpin(&self, w: &mut Worker, key: &FlowKey, now: u32) -> Created {
         let (addr, port, backend, dest_mapping) = match self.destination(key) {
             Ok(d) => d,
             Err(r) => return Created::Done(Verdict::Drop(r)),

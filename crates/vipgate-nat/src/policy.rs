@@ -538,3 +538,114 @@ fn check_overlap(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+    const HOST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
+
+    fn rule(lo: u16, hi: u16, to_port: Option<u16>) -> DnatRule {
+        DnatRule {
+            vip: VIP,
+            proto: Proto::Udp,
+            port_lo: lo,
+            port_hi: hi,
+            to: HOST,
+            to_port,
+        }
+    }
+
+    fn config(dnat: Vec<DnatRule>) -> NatConfig {
+        NatConfig {
+            vips: vec![VIP],
+            dnat,
+            ..NatConfig::default()
+        }
+    }
+
+    #[test]
+    fn prefixes() {
+        let n = Ipv4Net::new(Ipv4Addr::new(198, 18, 0, 0), 15).unwrap();
+        assert!(n.contains(Ipv4Addr::new(198, 19, 255, 255)));
+        assert!(!n.contains(Ipv4Addr::new(198, 20, 0, 0)));
+        let all = Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).unwrap();
+        assert!(all.contains(Ipv4Addr::new(1, 2, 3, 4)));
+        let one = Ipv4Net::new(HOST, 32).unwrap();
+        assert!(one.contains(HOST) && !one.contains(VIP));
+        assert_eq!(Ipv4Net::new(HOST, 33), None);
+        assert_eq!(n.to_string(), "198.18.0.0/15");
+    }
+
+    #[test]
+    fn ranges_map_with_offset_or_keep_ports() {
+        let p = Policy::new(&config(vec![
+            rule(100, 199, Some(1000)),
+            rule(300, 399, None),
+        ]))
+        .unwrap();
+        assert_eq!(p.dnat(VIP, Proto::Udp, 100), Some(Target::Host(HOST, 1000)));
+        assert_eq!(p.dnat(VIP, Proto::Udp, 199), Some(Target::Host(HOST, 1099)));
+        assert_eq!(p.dnat(VIP, Proto::Udp, 350), Some(Target::Host(HOST, 350)));
+        assert_eq!(p.dnat(VIP, Proto::Udp, 200), None);
+        assert_eq!(p.dnat(VIP, Proto::Tcp, 100), None);
+        assert_eq!(p.reserved_ports().len(), 200);
+    }
+
+    #[test]
+    fn refuses_bad_rules_naming_them() {
+        let e = Policy::new(&config(vec![rule(10, 5, None)])).unwrap_err();
+        assert!(e.to_string().starts_with("dnat[0]: port range 10-5"), "{e}");
+        let e = Policy::new(&config(vec![rule(65000, 65535, Some(65000))])).unwrap();
+        assert_eq!(
+            e.dnat(VIP, Proto::Udp, 65535),
+            Some(Target::Host(HOST, 65535))
+        );
+        let e = Policy::new(&config(vec![rule(65000, 65535, Some(65001))])).unwrap_err();
+        assert!(e.to_string().contains("to_port 65001"), "{e}");
+        let e = Policy::new(&config(vec![rule(1, 10, None), rule(10, 20, None)])).unwrap_err();
+        assert_eq!(
+            e,
+            PolicyError::Overlap {
+                at: "dnat[1]".into(),
+                other: "dnat[0]".into(),
+                port: 10
+            }
+        );
+        let mut icmp = rule(1, 1, None);
+        icmp.proto = Proto::Icmp;
+        assert!(matches!(
+            Policy::new(&config(vec![icmp])),
+            Err(PolicyError::BadProto { .. })
+        ));
+        let mut c = config(vec![]);
+        c.workers = 0;
+        assert_eq!(Policy::new(&c).unwrap_err(), PolicyError::NoWorkers);
+    }
+
+    #[test]
+    fn first_pat_rule_wins_and_addresses_are_owned() {
+        let c = NatConfig {
+            vips: vec![VIP],
+            pat: vec![
+                PatRule {
+                    from: vec![Ipv4Net::new(Ipv4Addr::new(198, 18, 0, 0), 24).unwrap()],
+                    to: vec![Ipv4Addr::new(203, 0, 113, 20)],
+                },
+                PatRule {
+                    from: vec![Ipv4Net::new(Ipv4Addr::new(198, 18, 0, 0), 16).unwrap()],
+                    to: vec![VIP],
+                },
+            ],
+            ..NatConfig::default()
+        };
+        let p = Policy::new(&c).unwrap();
+        assert_eq!(p.pat_rule_for(HOST), Some(0));
+        assert_eq!(p.pat_rule_for(Ipv4Addr::new(198, 18, 7, 1)), Some(1));
+        assert_eq!(p.pat_rule_for(Ipv4Addr::new(10, 0, 0, 1)), None);
+        assert!(p.is_owned(Ipv4Addr::new(203, 0, 113, 20)) && p.is_owned(VIP));
+        assert!(p.is_vip(VIP) && !p.is_vip(Ipv4Addr::new(203, 0, 113, 20)));
+        assert_eq!(p.owned_addrs(&c), vec![VIP, Ipv4Addr::new(203, 0, 113, 20)]);
+    }
+}

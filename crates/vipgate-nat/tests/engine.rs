@@ -425,6 +425,39 @@ fn icmp_echo_through_pat_and_to_vip() {
 }
 
 #[test]
+fn stray_echo_replies_open_nothing() {
+    let mut c = config();
+    c.filtering = Filtering::EndpointIndependent;
+    let mut lab = Lab::new(c);
+    // An internal host's echo reply with no request seen allocates no mapping.
+    assert_eq!(
+        lab.dropped(
+            testing::icmp_echo(H1, CLIENT, false, 7, 1),
+            Side::Private,
+            1
+        ),
+        DropReason::NoRule
+    );
+    assert_eq!(lab.w.counters.mappings_created, 0);
+    // Even with endpoint-independent filtering, no ICMP query comes in through a mapping.
+    let out = lab.pass(
+        testing::icmp_echo(H1, CLIENT, true, 7, 1),
+        Side::Private,
+        Side::Public,
+        1,
+    );
+    let id = ports_of(&out).1;
+    assert_eq!(
+        lab.dropped(
+            testing::icmp_echo(CLIENT2, PAT_IP, false, id, 1),
+            Side::Public,
+            1
+        ),
+        DropReason::NoRule
+    );
+}
+
+#[test]
 fn icmp_errors_reach_the_sender_translated() {
     let mut lab = Lab::new(config());
     // H1 sends UDP to a closed port; the far host answers port unreachable.
