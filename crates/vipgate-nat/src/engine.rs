@@ -342,7 +342,7 @@ impl Engine {
 
     /// Translates a batch of frames from one side; `verdicts[i]` is the verdict of
     /// `frames[i]`. Looking up a batch lets the table's memory loads overlap: every frame's
-    /// bucket is prefetched before the first lookup.
+    /// bucket, then every frame's entry, is prefetched before the first lookup.
     pub fn process_batch(
         &self,
         w: &mut Worker,
@@ -362,6 +362,13 @@ impl Engine {
                     });
                     (l, flow)
                 }));
+            }
+            // Second pass: the buckets are on their way or in; start loading the entries
+            // they point to, so a lookup at a million flows waits for neither.
+            for (_, flow) in pre.iter().flatten().flatten() {
+                if let Some((_, _, hash)) = flow {
+                    self.table.prefetch_entry(*hash);
+                }
             }
             for ((slot, frame), verdict) in pre.iter().zip(frames.iter_mut()).zip(verdicts) {
                 let v = match slot {

@@ -97,13 +97,15 @@ fn workers_and_reclaimer_lose_nothing() {
     const CAPACITY: u32 = 2048;
     const PINNED: u32 = 48;
     const CHURN_KEYS: u32 = 600;
-    const ITERATIONS: u32 = 12_000;
+    const ITERATIONS: u32 = 40_000;
     let timeouts = Timeouts {
         udp: 3,
         ..Timeouts::default()
     };
     let table = ConnTable::new(CAPACITY, timeouts).unwrap();
     let clock = AtomicU32::new(1000);
+    // The time of the reclaimer's last complete pass.
+    let swept = AtomicU32::new(0);
     let done = AtomicU32::new(0);
     let reclaimer_stop = AtomicBool::new(false);
 
@@ -135,6 +137,7 @@ fn workers_and_reclaimer_lose_nothing() {
                         removed += 1;
                     });
                 }
+                swept.store(now, Ordering::Release);
                 thread::yield_now();
             }
             removed
@@ -144,6 +147,7 @@ fn workers_and_reclaimer_lose_nothing() {
             .map(|w| {
                 let table = &table;
                 let clock = &clock;
+                let swept = &swept;
                 let done = &done;
                 s.spawn(move || {
                     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(w + 1) << 32);
@@ -163,8 +167,16 @@ fn workers_and_reclaimer_lose_nothing() {
                     }
                     for i in 0..ITERATIONS {
                         // Worker 0 drives the clock: a key is drawn every 600 iterations on
-                        // average, so it sometimes outlives the 3 s UDP timeout.
+                        // average, so it sometimes outlives the 3 s UDP timeout. Each second
+                        // waits for a reclaimer pass, so that expiry happens at any speed.
                         if w == 0 && i % 300 == 0 {
+                            let now = clock.load(Ordering::Acquire);
+                            for _ in 0..10_000_000u32 {
+                                if swept.load(Ordering::Acquire) >= now {
+                                    break;
+                                }
+                                thread::yield_now();
+                            }
                             clock.fetch_add(1, Ordering::AcqRel);
                         }
                         let now = clock.load(Ordering::Acquire);
@@ -238,11 +250,6 @@ fn workers_and_reclaimer_lose_nothing() {
 
     let inserted: u64 = results.iter().map(|r| r.inserted).sum();
     let removed: u64 = results.iter().map(|r| r.removed).sum::<u64>() + reclaimed;
-    eprintln!(
-        "DBG inserted {inserted} removed {removed} reclaimed {reclaimed} full {} clock {}",
-        results.iter().map(|r| r.full).sum::<u64>(),
-        clock.load(Ordering::Acquire)
-    );
     assert!(reclaimed > 0, "the reclaimer expired nothing");
     assert!(results
         .iter()
@@ -379,7 +386,6 @@ fn same_key_race_leaves_exactly_one() {
         );
         assert_eq!(table.lookup(&conn(winner, k).reply).map(|h| h.id), Some(id));
     }
-    eprintln!("DBG same-key kill/killed/lose/exhaust/committed {:?}", vipgate_nat::table::dbg_counts());
     let mut live = 0;
     table.for_each_live(1, |_, _| live += 1);
     assert_eq!(live, KEYS);

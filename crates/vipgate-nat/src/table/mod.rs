@@ -2,16 +2,23 @@
 //! connection is found from its original tuple and from its reply tuple.
 //!
 //! # Layout
-//! - a slab of 64-byte [entries](entry::Entry), one per connection of capacity; all fields
-//!   atomic, read under a per-entry generation (seqlock), so lookups take no lock and never
-//!   wait;
-//! - an [index](index) of 64-byte buckets of eight slots; each key has two candidate buckets
-//!   and goes into the first with room; 7 slots per connection (load 0.29);
-//! - [free lists](free) linked through the free entries (no memory of their own), one per
-//!   group of workers.
+//! - a slab of 64-byte entries, one per connection of capacity; all fields atomic, read under
+//!   a per-entry generation (seqlock), so lookups take no lock and never wait;
+//! - an index of 64-byte buckets of eight slots (tag, entry, direction); each key has two
+//!   candidate buckets and goes into the first unless it is nearly full; 7 slots per
+//!   connection (load 0.29), so an established-flow lookup reads one bucket line and one
+//!   entry line;
+//! - free lists linked through the free entries (no memory of their own), one per group of
+//!   workers, so that inserts on different cores do not share a cache line.
 //!
 //! All of it is allocated by [`ConnTable::new`]: 120 bytes per connection plus about 1 KiB.
 //! Inserting, looking up, refreshing and removing allocate nothing.
+//!
+//! # Batches
+//! For a batch of packets: [`ConnTable::hash`] and [`ConnTable::prefetch`] every key, then
+//! [`ConnTable::prefetch_entry`] every hash, then [`ConnTable::lookup_hashed`]. In a large
+//! table this overlaps the memory waits of the whole batch; in a small one, where everything
+//! is in cache, the second pass costs more than it saves.
 //!
 //! # Concurrency
 //! An insert claims index slots marked PENDING (invisible to lookups), then looks in both
@@ -351,16 +358,34 @@ impl ConnTable {
     /// that a batch can hash all its keys, prefetch, then look them up.
     #[inline]
     pub fn prefetch(&self, hash: u64) {
-        let b = index::first_bucket(hash, self.n_buckets());
-        #[cfg(target_arch = "x86_64")]
-        if let Some(bucket) = self.buckets.get(b) {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: SSE is part of the x86_64 baseline, and a prefetch never faults nor
-            // changes memory.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>((bucket as *const Bucket).cast::<i8>()) };
+        if let Some(bucket) = self
+            .buckets
+            .get(index::first_bucket(hash, self.n_buckets()))
+        {
+            prefetch_line((bucket as *const Bucket).cast());
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = b;
+    }
+
+    /// Starts loading the entries the first candidate bucket of a key points to (normally
+    /// the one entry of the key). Call it after [`ConnTable::prefetch`] has had time to bring
+    /// the bucket in, e.g. in a second pass over a batch, so that the lookups that follow find
+    /// both lines of a hit in cache: at a million flows a lookup otherwise waits for the
+    /// entry after the bucket.
+    #[inline]
+    pub fn prefetch_entry(&self, hash: u64) {
+        let n = self.n_buckets();
+        let tag = index::tag(hash, n);
+        let Some(bucket) = self.buckets.get(index::first_bucket(hash, n)) else {
+            return;
+        };
+        for slot in &bucket.slots {
+            let v = slot.load(Ordering::Relaxed);
+            if index::is_committed_with(v, tag) {
+                if let Some(e) = self.entries.get(index::slot_index(v) as usize) {
+                    prefetch_line((e as *const Entry).cast());
+                }
+            }
+        }
     }
 
     /// The connection `key` belongs to, if any.
@@ -471,6 +496,16 @@ impl ConnTable {
         if orig == reply {
             return Err(InsertError::Clash);
         }
+        let n = self.n_buckets();
+        let orig_place = Place::new(self.hash_words(orig), n);
+        let reply_place = Place::new(self.hash_words(reply), n);
+        // The four candidate buckets are read one after the other below; loading them at once
+        // makes an insert into a large table wait for memory about once instead of four times.
+        for b in orig_place.buckets().chain(reply_place.buckets()) {
+            if let Some(bucket) = self.buckets.get(b) {
+                prefetch_line((bucket as *const Bucket).cast());
+            }
+        }
         let home = usize::from(f.owner) % SHARDS;
         let (idx, shard) = self
             .free
@@ -508,7 +543,6 @@ impl ConnTable {
                 .store(Life::free(generation.wrapping_add(1)).0, Ordering::Release);
             self.free.push(&self.entries, idx, shard);
         };
-        let orig_place = Place::new(self.hash_words(orig), self.n_buckets());
         let orig_pos = match self.link(idx, Dir::Orig, orig, &orig_place) {
             Ok(pos) => pos,
             Err(err) => {
@@ -519,7 +553,6 @@ impl ConnTable {
                 });
             }
         };
-        let reply_place = Place::new(self.hash_words(reply), self.n_buckets());
         if let Err(err) = self.link(idx, Dir::Reply, reply, &reply_place) {
             if let Some(slot) = index::slot_at(&self.buckets, orig_pos) {
                 slot.store(0, Ordering::SeqCst);
@@ -561,7 +594,7 @@ impl ConnTable {
             };
             for _ in 0..RESCANS {
                 match self.scan(place, idx, words) {
-                    Scan::Committed(hit) => { DBG_COMMITTED.fetch_add(1, Ordering::Relaxed);
+                    Scan::Committed(hit) => {
                         own.store(0, Ordering::SeqCst);
                         return Err(LinkError::Exists(hit));
                     }
@@ -571,7 +604,7 @@ impl ConnTable {
                         hit,
                     } => {
                         rival = Some(hit);
-                        if pos < theirs { DBG_KILL.fetch_add(1, Ordering::Relaxed);
+                        if pos < theirs {
                             // Cancel theirs; whatever the CAS finds, rescan.
                             if let Some(slot) = index::slot_at(&self.buckets, theirs) {
                                 let _ = slot.compare_exchange(
@@ -581,7 +614,7 @@ impl ConnTable {
                                     Ordering::SeqCst,
                                 );
                             }
-                        } else { DBG_LOSE.fetch_add(1, Ordering::Relaxed);
+                        } else {
                             break;
                         }
                     }
@@ -597,7 +630,7 @@ impl ConnTable {
                         {
                             return Ok(pos);
                         }
-                        DBG_KILLED.fetch_add(1, Ordering::Relaxed);
+                        // Killed by a lower competitor.
                         break;
                     }
                 }
@@ -605,7 +638,6 @@ impl ConnTable {
             // Only this thread writes a pending or killed slot of its own back to empty.
             own.store(0, Ordering::SeqCst);
         }
-        DBG_EXHAUST.fetch_add(1, Ordering::Relaxed);
         match self.scan(place, idx, words) {
             Scan::Committed(hit) | Scan::Pending { hit, .. } => Err(LinkError::Exists(hit)),
             Scan::Clear => Err(rival.map_or(LinkError::Full, LinkError::Exists)),
@@ -668,6 +700,7 @@ impl ConnTable {
     /// when it changes, to keep the shared entry line clean) and advances its TCP state with
     /// `tcp_flags` (0 for other protocols). The new state if it changed; nothing happens if
     /// the connection is gone, even if its entry was reused.
+    #[inline]
     pub fn refresh(&self, hit: &Hit, now: u32, tcp_flags: u8) -> Option<ConnState> {
         let e = self.entries.get(hit.id.index as usize)?;
         let mut cur = Life(e.life.load(Ordering::Acquire));
@@ -765,17 +798,27 @@ impl ConnTable {
                 Err(v) => cur = Life(v),
             }
         }
-        self.retire(id.index, e, Life(cur.0 | DEAD), now)
+        self.retire(id.index, e, Life(cur.0 | DEAD), now, None)
     }
 
-    /// Unlinks and frees an entry this thread marked DEAD.
-    fn retire(&self, idx: u32, e: &Entry, life: Life, now: u32) -> Option<ConnRecord> {
-        let snap = e.read_fields(life);
+    /// Unlinks and frees an entry this thread marked DEAD; its record at `now`, idle since
+    /// `last_seen` if given (the value expiry decided on) else since the entry's.
+    fn retire(
+        &self,
+        idx: u32,
+        e: &Entry,
+        life: Life,
+        now: u32,
+        last_seen: Option<u32>,
+    ) -> Option<ConnRecord> {
+        let mut snap = e.read_fields(life);
+        snap.last_seen = last_seen.unwrap_or(snap.last_seen);
         let n = self.n_buckets();
         for dir in [Dir::Orig, Dir::Reply] {
             let words = snap.key(dir);
             let place = Place::new(self.hash_words(words), n);
-            index::unlink(&self.buckets, &place, place.slot_value(idx, dir));
+            let found = index::unlink(&self.buckets, &place, place.slot_value(idx, dir));
+            debug_assert!(found, "entry {idx} had no {dir:?} slot");
         }
         let record = record_from(&snap, now);
         e.life.store(
@@ -856,10 +899,13 @@ impl ConnTable {
             return None;
         }
         let timeout = self.timeouts.for_state(life.state()?);
-        if now.saturating_sub(e.last_seen.load(Ordering::Relaxed)) < timeout {
+        let last_seen = e.last_seen.load(Ordering::Relaxed);
+        if now.saturating_sub(last_seen) < timeout {
             return None;
         }
         // Fails if a packet changed the state, a reference was taken or the entry moved on.
+        // A packet that only refreshed `last_seen` since the load above does not stop the
+        // expiry: it arrived at the timeout, and its connection goes as the packet passes.
         e.life
             .compare_exchange(life.0, life.0 | DEAD, Ordering::AcqRel, Ordering::Relaxed)
             .ok()?;
@@ -867,7 +913,10 @@ impl ConnTable {
             index: idx,
             generation: life.generation(),
         };
-        Some((id, self.retire(idx, e, Life(life.0 | DEAD), now)?))
+        Some((
+            id,
+            self.retire(idx, e, Life(life.0 | DEAD), now, Some(last_seen))?,
+        ))
     }
 }
 
@@ -881,6 +930,20 @@ struct Fields {
     owner: u8,
     mapping: Option<ConnId>,
     backend: u32,
+}
+
+/// Asks the CPU to start loading the cache line at `p` (a no-op off x86_64).
+#[inline(always)]
+fn prefetch_line(p: *const i8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE is part of the x86_64 baseline, and a prefetch never faults (whatever
+        // the address) nor changes memory.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Allocates `n` values without aborting on failure.
@@ -933,10 +996,3 @@ fn record_from(snap: &Snapshot, now: u32) -> Option<ConnRecord> {
         idle_secs: now.saturating_sub(snap.last_seen),
     })
 }
-
-pub static DBG_KILL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-pub static DBG_KILLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-pub static DBG_LOSE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-pub static DBG_EXHAUST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-pub static DBG_COMMITTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-pub fn dbg_counts() -> [u64;5] { [DBG_KILL.load(Ordering::Relaxed), DBG_KILLED.load(Ordering::Relaxed), DBG_LOSE.load(Ordering::Relaxed), DBG_EXHAUST.load(Ordering::Relaxed), DBG_COMMITTED.load(Ordering::Relaxed)] }

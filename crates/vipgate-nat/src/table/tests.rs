@@ -640,3 +640,99 @@ fn insert_errors_display() {
     assert_eq!(InsertError::Full.to_string(), "connection table full");
     assert!(InsertError::Clash.to_string().contains("reply tuple"));
 }
+
+/// Plants another insert of `key` in flight, as a concurrent thread would leave it between
+/// claiming its slot and committing: an allocated entry with the key, INSERTING, and its
+/// pending slot at global position `pos`. The slot value and the entry's id.
+fn plant_rival(t: &ConnTable, key: &FlowKey, pos: usize, flags: u64) -> (u64, ConnId) {
+    let (idx, _) = t.free.pop(&t.entries, 0).unwrap();
+    let e = &t.entries[idx as usize];
+    let generation = Life(e.life.load(Ordering::Relaxed)).generation() | 1;
+    let other = tcp(999);
+    for (a, w) in e.orig.iter().zip(key.pack()) {
+        a.store(w, Ordering::Relaxed);
+    }
+    for (a, w) in e.reply.iter().zip(other.reply.pack()) {
+        a.store(w, Ordering::Relaxed);
+    }
+    e.backend.store(999, Ordering::Relaxed);
+    let life = Life::allocated(generation, ConnState::TcpSynSent, 0).0;
+    e.life.store(life | flags, Ordering::Release);
+    let place = Place::new(t.hash(key), t.n_buckets());
+    let value = place.slot_value(idx, Dir::Orig) | PENDING;
+    index::slot_at(&t.buckets, pos)
+        .unwrap()
+        .store(value, Ordering::SeqCst);
+    (
+        value,
+        ConnId {
+            index: idx,
+            generation,
+        },
+    )
+}
+
+#[test]
+fn pending_rival_at_a_higher_slot_is_cancelled() {
+    let t = table(64);
+    let c = tcp(1);
+    let place = Place::new(t.hash(&c.orig), t.n_buckets());
+    let pos = place.first * SLOTS + SLOTS - 1;
+    let (value, _) = plant_rival(&t, &c.orig, pos, 0);
+    let id = t.insert(&c, 0).unwrap();
+    let slot = index::slot_at(&t.buckets, pos).unwrap();
+    assert_eq!(slot.load(Ordering::SeqCst), value | KILLED);
+    assert_eq!(t.lookup(&c.orig).unwrap().id, id);
+}
+
+#[test]
+fn pending_rival_at_a_lower_slot_wins() {
+    let t = table(64);
+    let c = tcp(1);
+    let place = Place::new(t.hash(&c.orig), t.n_buckets());
+    let pos = place.first * SLOTS;
+    let (value, rival) = plant_rival(&t, &c.orig, pos, 0);
+    // The rival never settles: after its bounded waits the insert reports it.
+    match t.insert(&c, 0) {
+        Err(InsertError::Exists(hit)) => {
+            assert_eq!(
+                (hit.id, hit.dir, hit.orig, hit.backend),
+                (rival, Dir::Orig, c.orig, 999)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(t.len(), 1, "the losing insert gave its entry back");
+    assert_eq!(t.lookup(&c.reply), None);
+    let others = t.buckets[place.first]
+        .slots
+        .iter()
+        .chain(&t.buckets[place.second].slots)
+        .filter(|s| s.load(Ordering::SeqCst) != 0)
+        .count();
+    assert_eq!(others, 1, "the losing insert left a slot behind");
+    // Invisible while pending; found once committed.
+    assert_eq!(t.lookup(&c.orig), None);
+    let slot = index::slot_at(&t.buckets, pos).unwrap();
+    slot.store(value & !PENDING, Ordering::SeqCst);
+    t.entries[rival.index as usize]
+        .life
+        .fetch_and(!INSERTING, Ordering::Release);
+    assert_eq!(t.lookup(&c.orig).unwrap().id, rival);
+    assert!(matches!(t.insert(&c, 0), Err(InsertError::Exists(h)) if h.id == rival));
+}
+
+#[test]
+fn committed_slot_of_a_dying_entry_is_no_conflict() {
+    let t = table(64);
+    let c = tcp(1);
+    let place = Place::new(t.hash(&c.orig), t.n_buckets());
+    let pos = place.first * SLOTS;
+    let (value, _) = plant_rival(&t, &c.orig, pos, DEAD);
+    let slot = index::slot_at(&t.buckets, pos).unwrap();
+    slot.store(value & !PENDING, Ordering::SeqCst);
+    // Lookups skip it, and a new connection with the key may be inserted meanwhile.
+    assert_eq!(t.lookup(&c.orig), None);
+    let id = t.insert(&c, 0).unwrap();
+    assert_eq!(t.lookup(&c.orig).unwrap().id, id);
+}
