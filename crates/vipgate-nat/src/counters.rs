@@ -44,7 +44,7 @@ pub enum DropReason {
     PatPortsExhausted,
     /// Every backend of the pool is out of service.
     NoBackend,
-    /// A non-first fragment whose first fragment was not seen (or has expired).
+    /// A non-first fragment whose first fragment never came in time (or no hold slot).
     FragmentUnmatched,
     /// An ICMP error quoting a flow the table does not know.
     IcmpErrorNoConn,
@@ -140,6 +140,11 @@ pub struct Counters {
     pub events_lost: u64,
     /// Fragment cache entries evicted before their timeout to make room.
     pub frag_evictions: u64,
+    /// Fragments held because they came before their first fragment.
+    pub frags_held: u64,
+    /// Held fragments released, translated, after their first fragment (also counted in
+    /// `forwarded` when taken).
+    pub frags_released: u64,
     drops: [u64; DropReason::COUNT],
 }
 
@@ -171,6 +176,8 @@ impl Counters {
         self.reclaimed += other.reclaimed;
         self.events_lost += other.events_lost;
         self.frag_evictions += other.frag_evictions;
+        self.frags_held += other.frags_held;
+        self.frags_released += other.frags_released;
         for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
             *a += b;
         }
@@ -186,6 +193,8 @@ impl Counters {
             ("reclaimed", self.reclaimed),
             ("events_lost", self.events_lost),
             ("frag_evictions", self.frag_evictions),
+            ("frags_held", self.frags_held),
+            ("frags_released", self.frags_released),
         ];
         v.extend(DropReason::ALL.iter().map(|r| (r.name(), self.drops(*r))));
         v

@@ -14,7 +14,7 @@ use vipgate_wire::frame::{Inner, InnerPorts, Layout, Parsed, Transport};
 use vipgate_wire::rewrite::{echo_request_to_reply, rewrite, rewrite_inner, Tuple};
 
 use crate::counters::{Counters, DropReason};
-use crate::frag::{FragCache, FragKey, FragTarget};
+use crate::frag::{FragCache, FragHold, FragKey, FragTarget};
 use crate::policy::{Filtering, NatConfig, Policy, PolicyError, Target};
 use crate::ports::{PortAllocator, PortCursors, PortsError};
 use crate::state::{tcp_flags, ConnState, Dir};
@@ -32,6 +32,10 @@ pub enum Verdict {
     Reply,
     /// Drop it; counted under the reason.
     Drop(DropReason),
+    /// A fragment that came before its first fragment: the engine copied it and will hand it
+    /// out, translated, from [`Engine::take_released`] once the first fragment has passed.
+    /// The frame buffer itself is free again.
+    Held,
 }
 
 /// Bits of a connection's opaque `flags` byte, as the engine uses them.
@@ -93,6 +97,7 @@ pub struct Worker {
     pub counters: Counters,
     cursors: PortCursors,
     frags: FragCache,
+    hold: FragHold,
     reclaim: ReclaimCursor,
 }
 
@@ -300,6 +305,7 @@ impl Engine {
             counters: Counters::default(),
             cursors: self.ports.cursors(id),
             frags: FragCache::new(self.config.frag_entries, self.config.frag_timeout),
+            hold: FragHold::new(self.config.frag_hold, self.config.frag_timeout),
             reclaim: ReclaimCursor::new(u32::from(id), u32::from(self.config.workers.max(1))),
         }
     }
@@ -435,6 +441,22 @@ impl Engine {
             if w.frags.insert(fk, target, now) {
                 w.counters.frag_evictions += 1;
             }
+            if w.hold.waiting() > 0 {
+                let to = Tuple {
+                    src: to.src,
+                    dst: to.dst,
+                    sport: 0,
+                    dport: 0,
+                };
+                let (released, refused) = w.hold.release(&fk, &target, |held| {
+                    matches!(vipgate_wire::parse(held), Ok(Parsed::Ipv4(hl))
+                        if hl.transport == Transport::Fragment && rewrite(held, &hl, &to).is_ok())
+                });
+                w.counters.frags_released += released as u64;
+                for _ in 0..refused {
+                    w.counters.drop(DropReason::FragmentUnmatched);
+                }
+            }
         }
         Verdict::Forward(egress)
     }
@@ -482,8 +504,21 @@ impl Engine {
                     Err(_) => Verdict::Drop(DropReason::Truncated),
                 }
             }
-            _ => Verdict::Drop(DropReason::FragmentUnmatched),
+            // Out of order (RFC 4787 REQ-14): wait for the first fragment, if there is room.
+            _ => match w.hold.hold(key, ingress, frame, now) {
+                Ok(()) => Verdict::Held,
+                Err(_) => Verdict::Drop(DropReason::FragmentUnmatched),
+            },
         }
+    }
+
+    /// Hands out, translated, the fragments held for their first fragment that has since
+    /// passed (see [`Verdict::Held`]), each with the side to send it on. The data plane calls
+    /// it after each batch; it costs nothing when none are ready.
+    pub fn take_released(&self, w: &mut Worker, send: impl FnMut(&mut [u8], Side)) -> usize {
+        let n = w.hold.take_ready(send);
+        w.counters.forwarded += n as u64;
+        n
     }
 
     /// RFC 5508: an ICMP error is translated through the connection of the datagram it
@@ -833,6 +868,9 @@ impl Engine {
             }
         });
         counters.reclaimed += u64::from(removed);
+        for _ in 0..w.hold.expire(now) {
+            w.counters.drop(DropReason::FragmentUnmatched);
+        }
         removed
     }
 
@@ -934,6 +972,7 @@ fn count(w: &mut Worker, v: Verdict) {
         Verdict::Forward(_) => w.counters.forwarded += 1,
         Verdict::Reply => w.counters.echo_replies += 1,
         Verdict::Drop(r) => w.counters.drop(r),
+        Verdict::Held => w.counters.frags_held += 1,
     }
 }
 

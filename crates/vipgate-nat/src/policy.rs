@@ -139,8 +139,10 @@ pub struct NatConfig {
     pub pat: Vec<PatRule>,
     /// Fragment cache entries per worker.
     pub frag_entries: usize,
-    /// Seconds a fragment cache entry lives.
+    /// Seconds a fragment cache entry lives, and a held out-of-order fragment waits.
     pub frag_timeout: u32,
+    /// Out-of-order fragments each worker can hold for their first fragment.
+    pub frag_hold: usize,
     /// Capacity of each worker's state-sync event queue; 0 turns events off.
     pub event_queue: usize,
 }
@@ -160,6 +162,7 @@ impl Default for NatConfig {
             pat: Vec::new(),
             frag_entries: 1024,
             frag_timeout: 30,
+            frag_hold: 16,
             event_queue: 0,
         }
     }

@@ -575,27 +575,82 @@ fn fragments_follow_the_first() {
         assert_eq!(layout(&out).src, PAT_IP);
         assert_eq!(layout(&out).dst, CLIENT);
     }
-    // A later fragment of an unseen datagram is dropped.
+    // A later fragment of an unseen datagram waits for its first, and goes when that never
+    // comes.
     let other = testing::udp(H2, CLIENT, 1, 2, &[0u8; 200]);
     let mut of = testing::fragments(&other, 64);
-    of[1][18] ^= 0x55; // another IP id: the fixture ids match otherwise
-    of[1][19] ^= 0x55;
-    let c = vipgate_wire::checksum::checksum(&{
-        let mut h = of[1][14..34].to_vec();
-        h[10] = 0;
-        h[11] = 0;
-        h
-    });
-    of[1][24..26].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(lab.send(&mut of[1], Side::Private, 1), Verdict::Held);
+    assert_eq!(lab.w.counters.frags_held, 1);
+    let timeout = lab.engine.config().frag_timeout;
+    lab.engine.reclaim(&mut lab.w, 1 + timeout, 16);
+    assert_eq!(lab.w.counters.drops(DropReason::FragmentUnmatched), 1);
     assert_eq!(
-        lab.dropped(of[1].clone(), Side::Private, 1),
-        DropReason::FragmentUnmatched
+        lab.engine
+            .take_released(&mut lab.w, |_, _| panic!("nothing to release")),
+        0
     );
-    // And after the cache timeout, so is a late one of the first datagram.
-    assert_eq!(
-        lab.dropped(frags[1].clone(), Side::Private, 100),
-        DropReason::FragmentUnmatched
-    );
+}
+
+#[test]
+fn out_of_order_fragments_wait_for_their_first() {
+    let mut lab = Lab::new(config());
+    let whole = testing::udp(H1, CLIENT, 7777, 53, &[6u8; 300]);
+    let mut frags = testing::fragments(&whole, 64);
+    let n = frags.len();
+    assert!(n >= 4);
+    // Everything but the first arrives first, last to second.
+    for f in frags[1..].iter_mut().rev() {
+        assert_eq!(lab.send(f, Side::Private, 1), Verdict::Held);
+    }
+    let first = lab.pass(frags[0].clone(), Side::Private, Side::Public, 1);
+    assert_eq!(layout(&first).src, PAT_IP);
+    let mut released = Vec::new();
+    let got = lab
+        .engine
+        .take_released(&mut lab.w, |f, side| released.push((f.to_vec(), side)));
+    assert_eq!(got, n - 1);
+    // Reassembled from what left, the datagram is the one H1 sent, translated, and verifies.
+    let mut offsets = Vec::new();
+    for (f, side) in &released {
+        assert_eq!(*side, Side::Public);
+        verify_checksums(f).unwrap();
+        let l = layout(f);
+        assert_eq!(
+            (l.src, l.dst, l.transport),
+            (PAT_IP, CLIENT, Transport::Fragment)
+        );
+        offsets.push(l.frag_offset);
+    }
+    offsets.sort_unstable();
+    offsets.dedup();
+    assert_eq!(offsets.len(), n - 1);
+    assert_eq!(lab.w.counters.frags_released, (n - 1) as u64);
+    assert_eq!(lab.engine.take_released(&mut lab.w, |_, _| {}), 0);
+}
+
+#[test]
+fn fragment_hold_is_bounded() {
+    let mut c = config();
+    c.frag_hold = 2;
+    let mut lab = Lab::new(c);
+    for p in 0..3u16 {
+        let mut frags = testing::fragments(&testing::udp(H1, CLIENT, 100 + p, 53, &[1u8; 100]), 48);
+        frags[1][18] = p as u8; // distinct IP ids per datagram
+        let c = vipgate_wire::checksum::checksum(&{
+            let mut h = frags[1][14..34].to_vec();
+            h[10] = 0;
+            h[11] = 0;
+            h
+        });
+        frags[1][24..26].copy_from_slice(&c.to_be_bytes());
+        let v = lab.send(&mut frags[1], Side::Private, 1);
+        let expect = if p < 2 {
+            Verdict::Held
+        } else {
+            Verdict::Drop(DropReason::FragmentUnmatched)
+        };
+        assert_eq!(v, expect);
+    }
 }
 
 #[test]
@@ -1120,7 +1175,7 @@ proptest! {
         let side = if public { Side::Public } else { Side::Private };
         let _ = lab.send(&mut f, side, 1);
         let c = &lab.w.counters;
-        prop_assert_eq!(c.forwarded + c.echo_replies + c.total_drops(), 1);
+        prop_assert_eq!(c.forwarded + c.echo_replies + c.total_drops() + c.frags_held, 1);
     }
 
     /// Mutated real frames (one byte changed anywhere) never panic.
