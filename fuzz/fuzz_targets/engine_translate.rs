@@ -86,14 +86,21 @@ fuzz_target!(|data: &[u8]| {
         };
         now = now.saturating_add(u32::from(control >> 1) * 60);
         let mut f = frame.to_vec();
+        let before = counted(&w.counters);
         let v = engine.process(&mut w, &mut f, side, now);
-        frames += 1;
+        assert_eq!(counted(&w.counters), before + 1, "every frame counted once");
         if matches!(v, Verdict::Forward(_) | Verdict::Reply) {
             assert!(
                 matches!(parse(&f), Ok(Parsed::Ipv4(_))),
                 "sent a frame that does not parse"
             );
         }
+        engine.take_released(&mut w, |held, _| {
+            assert!(
+                matches!(parse(held), Ok(Parsed::Ipv4(_))),
+                "released a frame that does not parse"
+            );
+        });
         if control & 0x80 != 0 {
             engine.reclaim(&mut w, now, 64);
         }
