@@ -100,9 +100,9 @@ impl ConnState {
 ///
 /// `fin_seen` holds one bit per direction that has sent a FIN ([`Dir::bit`]); the new mask is
 /// returned with the new state. A connection in `TcpFinWait` or `TcpCloseWait` with an empty
-/// mask (installed from state sync, which does not carry the mask) is taken to have seen one
-/// FIN from an unknown side: an ACK alone then moves nothing, and the next FIN leads to
-/// `TcpLastAck`. Non-TCP states never change.
+/// mask (only a malformed sync record can install one) is taken to have seen one FIN from an
+/// unknown side: an ACK alone then moves nothing, and the next FIN leads to `TcpLastAck`.
+/// Non-TCP states never change.
 pub fn next_tcp_state(cur: ConnState, fin_seen: u8, dir: Dir, flags: u8) -> (ConnState, u8) {
     use tcp_flags::{ACK, FIN, RST, SYN};
     use ConnState::*;

@@ -1044,6 +1044,72 @@ fn events_and_standby_install() {
 }
 
 #[test]
+fn a_closing_connection_closes_the_same_way_after_install() {
+    let mut lab = Lab::new(config());
+    lab.pass(
+        testing::tcp(H1, CLIENT, 3000, 80, SYN, b""),
+        Side::Private,
+        Side::Public,
+        1,
+    );
+    lab.pass(
+        testing::tcp(CLIENT, PAT_IP, 80, 3000, SYN_ACK, b""),
+        Side::Public,
+        Side::Private,
+        1,
+    );
+    lab.pass(
+        testing::tcp(H1, CLIENT, 3000, 80, ACK, b""),
+        Side::Private,
+        Side::Public,
+        1,
+    );
+    lab.pass(
+        testing::tcp(H1, CLIENT, 3000, 80, FIN_ACK, b""),
+        Side::Private,
+        Side::Public,
+        2,
+    );
+    let standby = Engine::new(config()).unwrap();
+    let mut sw = standby.worker(0);
+    let mut ids = Vec::new();
+    lab.engine.table().for_each_live(2, |id, rec| {
+        if rec.state == vipgate_nat::state::ConnState::Mapping {
+            ids.insert(0, id);
+        } else {
+            ids.push(id);
+        }
+    });
+    for id in ids {
+        let (rec, mkey) = lab.engine.export(id, 2).unwrap();
+        standby.install(&rec, mkey.as_ref(), 2).unwrap();
+    }
+    // The host's own FIN again (a retransmission) must not count as the peer's.
+    let mut again = testing::tcp(H1, CLIENT, 3000, 80, FIN_ACK, b"");
+    standby.process(&mut sw, &mut again, Side::Private, 3);
+    let key = FlowKey {
+        src: H1,
+        dst: CLIENT,
+        sport: 3000,
+        dport: 80,
+        proto: Proto::Tcp,
+    };
+    assert_eq!(
+        standby.table().lookup(&key).unwrap().state,
+        vipgate_nat::state::ConnState::TcpFinWait
+    );
+    let mut fin = testing::tcp(CLIENT, PAT_IP, 80, 3000, FIN_ACK, b"");
+    assert_eq!(
+        standby.process(&mut sw, &mut fin, Side::Public, 3),
+        Verdict::Forward(Side::Private)
+    );
+    assert_eq!(
+        standby.table().lookup(&key).unwrap().state,
+        vipgate_nat::state::ConnState::TcpLastAck
+    );
+}
+
+#[test]
 fn bad_policies_are_refused_with_their_place() {
     let mut c = config();
     c.dnat[1].port_lo = 70;

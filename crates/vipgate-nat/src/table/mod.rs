@@ -125,6 +125,9 @@ pub struct ConnRecord {
     pub backend: u32,
     /// Seconds since the last packet.
     pub idle_secs: u32,
+    /// Which directions have sent a FIN (bit per [`Dir`]), so a closing TCP connection goes
+    /// on closing the same way after failover.
+    pub fin_seen: u8,
 }
 
 /// Why an insert was refused. The table is unchanged in every case.
@@ -464,17 +467,13 @@ impl ConnTable {
     /// with `last_seen = now - rec.idle_secs` (saturating).
     ///
     /// `rec.mapping` must be an id of *this* table on which the caller holds a reference (the
-    /// active box's id translated), or `None`, as for [`NewConn::mapping`]. Records
-    /// do not carry which side sent a FIN: an installed `TcpFinWait` or `TcpCloseWait`
-    /// connection moves on at the next FIN from either side.
+    /// active box's id translated), or `None`, as for [`NewConn::mapping`].
     ///
     /// # Errors
     /// As [`ConnTable::insert`]; on `Exists` the caller may `remove` the hit and retry.
     pub fn install(&self, rec: &ConnRecord, now: u32) -> Result<ConnId, InsertError> {
-        let fin_seen = match rec.state {
-            ConnState::TcpLastAck | ConnState::TcpTimeWait => Dir::Orig.bit() | Dir::Reply.bit(),
-            _ => 0,
-        };
+        // Only the two direction bits mean anything; the rest of a synced byte is ignored.
+        let fin_seen = rec.fin_seen & (Dir::Orig.bit() | Dir::Reply.bit());
         self.insert_entry(
             &Fields {
                 orig: rec.orig,
@@ -994,5 +993,6 @@ fn record_from(snap: &Snapshot, now: u32) -> Option<ConnRecord> {
         mapping: mapping_of(snap),
         backend: snap.backend,
         idle_secs: now.saturating_sub(snap.last_seen),
+        fin_seen: snap.life.fin_seen(),
     })
 }

@@ -395,6 +395,7 @@ fn remove_returns_the_record_once() {
             mapping: None,
             backend: c.backend,
             idle_secs: 8,
+            fin_seen: 0,
         }
     );
     assert_eq!(t.remove(id, 20), None);
