@@ -28,7 +28,8 @@ fuzz_target!(|data: &[u8]| {
             assert!(l.l3 < l.l4 && l.l4 <= l.end && l.end <= frame.len());
             let mut f = frame.to_vec();
             rewrite(&mut f, &l, &to).expect("a parsed layout fits its frame");
-            if let Transport::IcmpError { inner, .. } = l.transport {
+            if let Transport::IcmpError { .. } = l.transport {
+                let inner = l.icmp_inner(frame).expect("parse checked the quote");
                 assert!(inner.l3 >= l.l4 && inner.l4 <= l.end);
                 rewrite_inner(&mut f, &l, &inner, &to).expect("the quote fits its frame");
             }

@@ -471,7 +471,10 @@ impl Engine {
     ) -> Verdict {
         match l.transport {
             Transport::Fragment => self.later_fragment(w, frame, l, ingress, now),
-            Transport::IcmpError { inner, .. } => self.icmp_error(frame, l, &inner, ingress),
+            Transport::IcmpError { .. } => match l.icmp_inner(frame) {
+                Ok(inner) => self.icmp_error(frame, l, &inner, ingress),
+                Err(e) => Verdict::Drop(e.into()),
+            },
             Transport::IcmpOther { .. } => Verdict::Drop(DropReason::IcmpUnsupported),
             _ => Verdict::Drop(DropReason::UnsupportedProto),
         }

@@ -471,14 +471,11 @@ fn icmp_errors_reach_the_sender_translated() {
     let got = lab.pass(err, Side::Public, Side::Private, 1);
     let l = layout(&got);
     assert_eq!((l.src, l.dst), (CLIENT, H1));
-    let Transport::IcmpError {
-        ty: 3,
-        code: 3,
-        inner,
-    } = l.transport
-    else {
-        panic!()
-    };
+    assert!(matches!(
+        l.transport,
+        Transport::IcmpError { ty: 3, code: 3 }
+    ));
+    let inner = l.icmp_inner(&got).unwrap();
     assert_eq!((inner.src, inner.dst), (H1, CLIENT));
     assert_eq!(
         inner.ports,
@@ -526,9 +523,7 @@ fn icmp_error_from_backend_reaches_client_from_vip() {
     let got = lab.pass(err, Side::Private, Side::Public, 1);
     let l = layout(&got);
     assert_eq!((l.src, l.dst), (VIP, CLIENT));
-    let Transport::IcmpError { inner, .. } = l.transport else {
-        panic!()
-    };
+    let inner = l.icmp_inner(&got).unwrap();
     assert_eq!((inner.src, inner.dst), (CLIENT, VIP));
     assert_eq!(
         inner.ports,
@@ -551,9 +546,7 @@ fn icmp_error_about_echo() {
     let err = testing::icmp_error(ROUTER, PAT_IP, 11, 0, testing::datagram(&sent), 200);
     let got = lab.pass(err, Side::Public, Side::Private, 1);
     let l = layout(&got);
-    let Transport::IcmpError { inner, .. } = l.transport else {
-        panic!()
-    };
+    let inner = l.icmp_inner(&got).unwrap();
     assert_eq!(
         inner.ports,
         InnerPorts::Echo {

@@ -133,6 +133,20 @@ impl Layout {
     pub fn is_fragment(&self) -> bool {
         self.more_fragments || self.frag_offset != 0
     }
+
+    /// The embedded datagram of an ICMP error, from the frame this layout was parsed from.
+    ///
+    /// # Errors
+    /// [`ParseError::BadIcmpError`] if the layout is not an ICMP error of `frame`.
+    pub fn icmp_inner(&self, frame: &[u8]) -> Result<Inner, ParseError> {
+        if !matches!(self.transport, Transport::IcmpError { .. }) {
+            return Err(ParseError::BadIcmpError);
+        }
+        let quote = frame
+            .get(self.l4 + 8..self.end)
+            .ok_or(ParseError::BadIcmpError)?;
+        parse_inner(self.l4 + 8, quote)
+    }
 }
 
 /// The transport header of a datagram.
@@ -161,14 +175,14 @@ pub enum Transport {
         /// Identifier.
         id: u16,
     },
-    /// ICMP error carrying the start of the datagram that caused it.
+    /// ICMP error carrying the start of the datagram that caused it (checked by [`parse`];
+    /// its layout comes from [`Layout::icmp_inner`], kept out of here so that the layout every
+    /// packet carries stays small).
     IcmpError {
         /// ICMP type.
         ty: u8,
         /// ICMP code.
         code: u8,
-        /// The embedded datagram.
-        inner: Inner,
     },
     /// Any other ICMP message.
     IcmpOther {
@@ -219,6 +233,7 @@ pub enum InnerPorts {
     None,
 }
 
+#[inline]
 fn truncated(layer: Layer, needed: usize, available: usize) -> ParseError {
     ParseError::Truncated {
         layer,
@@ -231,6 +246,7 @@ fn truncated(layer: Layer, needed: usize, available: usize) -> ParseError {
 ///
 /// # Errors
 /// Every malformation the gateway must not forward gets its own [`ParseError`].
+#[inline]
 pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
     let eth = Ethernet2HeaderSlice::from_slice(frame)
         .map_err(|_| truncated(Layer::Ethernet, ETH_LEN, frame.len()))?;
@@ -253,6 +269,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
     }
 }
 
+#[inline]
 fn parse_ipv4(frame: &[u8], l3: usize, vlan: Option<u16>) -> Result<Layout, ParseError> {
     let rest = frame.get(l3..).unwrap_or_default();
     let ip = Ipv4HeaderSlice::from_slice(rest).map_err(|e| match e {
@@ -305,6 +322,7 @@ fn parse_ipv4(frame: &[u8], l3: usize, vlan: Option<u16>) -> Result<Layout, Pars
     })
 }
 
+#[inline]
 fn tiny(len: usize, needed: usize) -> ParseError {
     if len == 0 {
         truncated(Layer::Transport, needed, len)
@@ -313,6 +331,7 @@ fn tiny(len: usize, needed: usize) -> ParseError {
     }
 }
 
+#[inline]
 fn parse_transport(l4: usize, payload: &[u8], proto: u8) -> Result<Transport, ParseError> {
     match proto {
         proto::TCP => {
@@ -339,10 +358,12 @@ fn parse_transport(l4: usize, payload: &[u8], proto: u8) -> Result<Transport, Pa
     }
 }
 
+#[inline]
 fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
+#[inline]
 fn parse_icmp(l4: usize, payload: &[u8]) -> Result<Transport, ParseError> {
     if payload.len() < 8 {
         return Err(tiny(payload.len(), 8));
@@ -355,13 +376,16 @@ fn parse_icmp(l4: usize, payload: &[u8]) -> Result<Transport, ParseError> {
             id: be16(payload, 4).unwrap_or(0),
         }),
         icmp_type::DEST_UNREACHABLE | icmp_type::TIME_EXCEEDED | icmp_type::PARAMETER_PROBLEM => {
-            let inner = parse_inner(l4 + 8, payload.get(8..).unwrap_or_default())?;
-            Ok(Transport::IcmpError { ty, code, inner })
+            // Checked now, so that a malformed quote is a parse error; the engine reads it
+            // again (Layout::icmp_inner) only for the rare errors it translates.
+            parse_inner(l4 + 8, payload.get(8..).unwrap_or_default())?;
+            Ok(Transport::IcmpError { ty, code })
         }
         _ => Ok(Transport::IcmpOther { ty }),
     }
 }
 
+#[inline]
 fn parse_inner(l3: usize, data: &[u8]) -> Result<Inner, ParseError> {
     let ip = Ipv4HeaderSlice::from_slice(data).map_err(|_| ParseError::BadIcmpError)?;
     let header_len = ip.slice().len();
@@ -474,12 +498,9 @@ mod tests {
             28,
         );
         let l = layout(&f);
+        let inner = l.icmp_inner(&f).unwrap();
         match l.transport {
-            Transport::IcmpError {
-                ty: 3,
-                code: 3,
-                inner,
-            } => {
+            Transport::IcmpError { ty: 3, code: 3 } => {
                 assert_eq!((inner.src, inner.dst, inner.proto), (A, B, 17));
                 assert_eq!(
                     inner.ports,

@@ -112,47 +112,86 @@ fn set_ip_addrs(
 ///
 /// # Errors
 /// [`RewriteError`] if `l` does not fit `frame`; the frame is unchanged then.
+#[inline]
 pub fn rewrite(frame: &mut [u8], l: &Layout, to: &Tuple) -> Result<(), RewriteError> {
-    // Bounds of the transport fields first, so that an error leaves the frame unchanged.
-    match l.transport {
-        Transport::Tcp { .. } => {
-            rd16(frame, l.l4 + field::TCP_CHECKSUM)?;
-        }
-        Transport::Udp { .. } => {
-            rd16(frame, l.l4 + field::UDP_CHECKSUM)?;
-        }
-        Transport::IcmpEcho { .. } => {
-            rd16(frame, l.l4 + field::ICMP_ID)?;
-        }
-        _ => {}
-    }
-    let pseudo = set_ip_addrs(frame, l.l3, to.src, to.dst)?;
+    // This runs for every forwarded packet: the headers are taken as fixed-size arrays once,
+    // so the field accesses below need no bounds checks, and fields that keep their value
+    // are neither written nor folded into a checksum.
+    let (head, l4) = frame.split_at_mut_checked(l.l4).ok_or(RewriteError)?;
+    let ip = head
+        .get_mut(l.l3..)
+        .and_then(<[u8]>::first_chunk_mut::<20>)
+        .ok_or(RewriteError)?;
     match l.transport {
         Transport::Tcp { sport, dport, .. } => {
-            wr16(frame, l.l4 + field::SPORT, to.sport)?;
-            wr16(frame, l.l4 + field::DPORT, to.dport)?;
-            let d = pseudo.word(sport, to.sport).word(dport, to.dport);
-            adjust(frame, l.l4 + field::TCP_CHECKSUM, d)
+            let tcp = l4.first_chunk_mut::<18>().ok_or(RewriteError)?;
+            let d = ip_addrs(ip, to.src, to.dst)
+                .plus(port(tcp, 0, sport, to.sport))
+                .plus(port(tcp, 2, dport, to.dport));
+            fold_into(tcp, 16, d, false);
         }
         Transport::Udp { sport, dport } => {
-            wr16(frame, l.l4 + field::SPORT, to.sport)?;
-            wr16(frame, l.l4 + field::DPORT, to.dport)?;
-            let d = pseudo.word(sport, to.sport).word(dport, to.dport);
-            let at = l.l4 + field::UDP_CHECKSUM;
-            let c = rd16(frame, at)?;
-            wr16(frame, at, d.apply_udp(c))
+            let udp = l4.first_chunk_mut::<8>().ok_or(RewriteError)?;
+            let d = ip_addrs(ip, to.src, to.dst)
+                .plus(port(udp, 0, sport, to.sport))
+                .plus(port(udp, 2, dport, to.dport));
+            fold_into(udp, 6, d, true);
         }
         Transport::IcmpEcho { request, id } => {
+            let icmp = l4.first_chunk_mut::<8>().ok_or(RewriteError)?;
+            ip_addrs(ip, to.src, to.dst);
             let new_id = if request { to.sport } else { to.dport };
-            wr16(frame, l.l4 + field::ICMP_ID, new_id)?;
             // ICMP has no pseudo header: only the identifier counts.
-            adjust(
-                frame,
-                l.l4 + field::ICMP_CHECKSUM,
-                Delta::ZERO.word(id, new_id),
-            )
+            let d = port(icmp, 4, id, new_id);
+            fold_into(icmp, 2, d, false);
         }
-        _ => Ok(()),
+        _ => {
+            ip_addrs(ip, to.src, to.dst);
+        }
+    }
+    Ok(())
+}
+
+/// Sets the addresses of an IPv4 header and its checksum; returns the pseudo-header delta.
+#[inline]
+fn ip_addrs(ip: &mut [u8; 20], src: Ipv4Addr, dst: Ipv4Addr) -> Delta {
+    let old_src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let old_dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let mut d = Delta::ZERO;
+    if old_src != src {
+        d = d.addr(old_src, src);
+        ip[12..16].copy_from_slice(&src.octets());
+    }
+    if old_dst != dst {
+        d = d.addr(old_dst, dst);
+        ip[16..20].copy_from_slice(&dst.octets());
+    }
+    fold_into(ip, field::IP_CHECKSUM, d, false);
+    d
+}
+
+/// Sets the 16-bit field at `at` of `h` from `old` to `new`; returns its checksum delta.
+#[inline]
+fn port<const N: usize>(h: &mut [u8; N], at: usize, old: u16, new: u16) -> Delta {
+    if old == new {
+        return Delta::ZERO;
+    }
+    if let Some(f) = h.get_mut(at..at + 2) {
+        f.copy_from_slice(&new.to_be_bytes());
+    }
+    Delta::ZERO.word(old, new)
+}
+
+/// Applies `d` to the checksum at `at` of `h` (the UDP rules if `udp`); nothing for no change.
+#[inline]
+fn fold_into<const N: usize>(h: &mut [u8; N], at: usize, d: Delta, udp: bool) {
+    if d == Delta::ZERO {
+        return;
+    }
+    if let Some([hi, lo]) = h.get_mut(at..at + 2) {
+        let old = u16::from_be_bytes([*hi, *lo]);
+        let new = if udp { d.apply_udp(old) } else { d.apply(old) };
+        [*hi, *lo] = new.to_be_bytes();
     }
 }
 
@@ -413,16 +452,12 @@ mod tests {
         let sent = testing::udp(P, E, 3333, 53, b"payload!");
         let mut f = error_about(&sent, 512);
         let l = layout(&f);
-        let Transport::IcmpError { inner, .. } = l.transport else {
-            panic!()
-        };
+        let inner = l.icmp_inner(&f).unwrap();
         rewrite(&mut f, &l, &tuple(E, H, 0, 0)).unwrap();
         rewrite_inner(&mut f, &l, &inner, &tuple(H, E, 5000, 53)).unwrap();
         verify_checksums(&f).unwrap();
         let l2 = layout(&f);
-        let Transport::IcmpError { inner: i2, .. } = l2.transport else {
-            panic!()
-        };
+        let i2 = l2.icmp_inner(&f).unwrap();
         assert_eq!((l2.src, l2.dst), (E, H));
         assert_eq!((i2.src, i2.dst), (H, E));
         assert_eq!(
@@ -443,9 +478,7 @@ mod tests {
         for quote in [28, 36, 38, 40] {
             let mut f = error_about(&sent, quote);
             let l = layout(&f);
-            let Transport::IcmpError { inner, .. } = l.transport else {
-                panic!()
-            };
+            let inner = l.icmp_inner(&f).unwrap();
             rewrite(&mut f, &l, &tuple(E, H, 0, 0)).unwrap();
             rewrite_inner(&mut f, &l, &inner, &tuple(H, E, 5000, 80)).unwrap();
             verify_checksums(&f).unwrap();
@@ -473,9 +506,7 @@ mod tests {
             200,
         );
         let l = layout(&f);
-        let Transport::IcmpError { inner, .. } = l.transport else {
-            panic!()
-        };
+        let inner = l.icmp_inner(&f).unwrap();
         rewrite(&mut f, &l, &tuple(E, H, 0, 0)).unwrap();
         rewrite_inner(&mut f, &l, &inner, &tuple(H, E, 100, 0)).unwrap();
         verify_checksums(&f).unwrap();
@@ -555,7 +586,7 @@ mod tests {
             let sent = if tcp { testing::tcp(a, b, sp, dp, 0x02, b"0123456789") } else { testing::udp(a, b, sp, dp, b"0123456789") };
             let mut f = testing::icmp_error(b, a, 3, 3, testing::datagram(&sent), quote);
             let Ok(Parsed::Ipv4(l)) = parse(&f) else { panic!() };
-            let Transport::IcmpError { inner, .. } = l.transport else { panic!() };
+            let inner = l.icmp_inner(&f).unwrap();
             rewrite(&mut f, &l, &tuple(b, h, 0, 0)).unwrap();
             rewrite_inner(&mut f, &l, &inner, &tuple(h, b, hp, dp)).unwrap();
             prop_assert!(verify_checksums(&f).is_ok(), "{:?}", verify_checksums(&f));

@@ -204,7 +204,8 @@ fn verify_l4(frame: &[u8], l: &Layout) -> Result<(), String> {
                 Err("ICMP checksum".into())
             }
         }
-        Transport::IcmpError { inner, .. } => {
+        Transport::IcmpError { .. } => {
+            let inner = l.icmp_inner(frame).map_err(|e| format!("quote: {e:?}"))?;
             if !verifies(checksum::add_bytes(0, seg)) {
                 return Err("ICMP error checksum".into());
             }
