@@ -184,23 +184,30 @@ fn occupancy(bucket: &Bucket) -> usize {
         .count()
 }
 
-/// Clears the slot holding exactly `value` in the key's buckets; whether one was found.
-pub(super) fn unlink(buckets: &[Bucket], place: &Place, value: u64) -> bool {
+/// Clears the slot holding exactly `value` in the key's buckets; its position, if found.
+pub(super) fn unlink(buckets: &[Bucket], place: &Place, value: u64) -> Option<usize> {
     for b in place.buckets() {
         let Some(bucket) = buckets.get(b) else {
             continue;
         };
-        for slot in &bucket.slots {
+        for (i, slot) in bucket.slots.iter().enumerate() {
             if slot.load(Ordering::Relaxed) == value
                 && slot
                     .compare_exchange(value, 0, Ordering::SeqCst, Ordering::Relaxed)
                     .is_ok()
             {
-                return true;
+                return Some(b * SLOTS + i);
             }
         }
     }
-    false
+    None
+}
+
+/// Whether slot position `pos` lies in the key's second bucket (so the key spilled out of
+/// its first).
+#[inline]
+pub(super) fn is_spilled(place: &Place, pos: usize) -> bool {
+    place.second != place.first && pos / SLOTS == place.second
 }
 
 #[cfg(test)]
@@ -252,8 +259,8 @@ mod tests {
         assert!(positions[..7].iter().all(|b| *b == Some(p.first)));
         assert!(positions[7..14].iter().all(|b| *b == Some(p.second)));
         assert_eq!(claim(&buckets, &p, p.slot_value(99, Dir::Orig)), None);
-        assert!(unlink(&buckets, &p, p.slot_value(3, Dir::Orig)));
-        assert!(!unlink(&buckets, &p, p.slot_value(3, Dir::Orig)));
+        assert!(unlink(&buckets, &p, p.slot_value(3, Dir::Orig)).is_some());
+        assert!(unlink(&buckets, &p, p.slot_value(3, Dir::Orig)).is_none());
         assert_eq!(
             claim(&buckets, &p, p.slot_value(99, Dir::Orig)).map(|pos| pos / SLOTS),
             Some(p.first)
