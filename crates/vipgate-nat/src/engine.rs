@@ -650,22 +650,9 @@ impl Engine {
             Ok(d) => d,
             Err(r) => return Created::Done(Verdict::Drop(r)),
         };
-        let conn = NewConn {
-            orig: *key,
-            reply: FlowKey {
-                src: addr,
-                dst: key.src,
-                sport: port,
-                dport: key.sport,
-                proto: key.proto,
-            },
-            state: initial_state(key.proto),
-            flags: conn_flags::ORIG_OUT_PRIVATE | conn_flags::DNAT,
-            owner: owner_byte(w.id),
-            mapping,
-            backend,
-        };
-        self.insert_conn(w, conn, now)
+        let reply = reply_key(key.proto, (addr, port), (key.src, key.sport));
+        let flags = conn_flags::ORIG_OUT_PRIVATE | conn_flags::DNAT;
+        self.insert_conn(w, new_conn(w, key, reply, flags, mapping, backend), now)
     }
 
     fn outbound(&self, w: &mut Worker, key: &FlowKey, now: u32) -> Created {
@@ -677,22 +664,13 @@ impl Engine {
             Ok(m) => m,
             Err(r) => return Created::Done(Verdict::Drop(r)),
         };
-        let conn = NewConn {
-            orig: *key,
-            reply: FlowKey {
-                src: key.dst,
-                dst: m.addr,
-                sport: key.dport,
-                dport: m.port,
-                proto: key.proto,
-            },
-            state: initial_state(key.proto),
-            flags: conn_flags::ORIG_IN_PRIVATE | conn_flags::SNAT,
-            owner: owner_byte(w.id),
-            mapping: Some(m.id),
-            backend: NO_BACKEND,
-        };
-        self.insert_conn(w, conn, now)
+        let reply = reply_key(key.proto, (key.dst, key.dport), (m.addr, m.port));
+        let flags = conn_flags::ORIG_IN_PRIVATE | conn_flags::SNAT;
+        self.insert_conn(
+            w,
+            new_conn(w, key, reply, flags, Some(m.id), NO_BACKEND),
+            now,
+        )
     }
 
     /// An internal host reaching one of our public addresses (RFC 4787 REQ-9, RFC 5382
@@ -721,26 +699,13 @@ impl Engine {
             Ok(m) => m,
             Err(r) => return Created::Done(Verdict::Drop(r)),
         };
-        let conn = NewConn {
-            orig: *key,
-            reply: FlowKey {
-                src: addr,
-                dst: m.addr,
-                sport: port,
-                dport: m.port,
-                proto: key.proto,
-            },
-            state: initial_state(key.proto),
-            flags: conn_flags::ORIG_IN_PRIVATE
-                | conn_flags::ORIG_OUT_PRIVATE
-                | conn_flags::DNAT
-                | conn_flags::SNAT
-                | conn_flags::HAIRPIN,
-            owner: owner_byte(w.id),
-            mapping: Some(m.id),
-            backend,
-        };
-        self.insert_conn(w, conn, now)
+        let reply = reply_key(key.proto, (addr, port), (m.addr, m.port));
+        let flags = conn_flags::ORIG_IN_PRIVATE
+            | conn_flags::ORIG_OUT_PRIVATE
+            | conn_flags::DNAT
+            | conn_flags::SNAT
+            | conn_flags::HAIRPIN;
+        self.insert_conn(w, new_conn(w, key, reply, flags, Some(m.id), backend), now)
     }
 
     /// The endpoint-independent mapping (RFC 4787 REQ-1) of an internal endpoint: the one it
@@ -951,6 +916,37 @@ impl Engine {
 
 fn owner_byte(id: u16) -> u8 {
     u8::try_from(id).unwrap_or(u8::MAX)
+}
+
+/// The key replies arrive with: from the far end's `from` to our `to` (address, port).
+fn reply_key(proto: Proto, from: (Ipv4Addr, u16), to: (Ipv4Addr, u16)) -> FlowKey {
+    FlowKey {
+        src: from.0,
+        dst: to.0,
+        sport: from.1,
+        dport: to.1,
+        proto,
+    }
+}
+
+/// A new connection of worker `w` for the packet `key`, in its protocol's first state.
+fn new_conn(
+    w: &Worker,
+    key: &FlowKey,
+    reply: FlowKey,
+    flags: u8,
+    mapping: Option<ConnId>,
+    backend: u32,
+) -> NewConn {
+    NewConn {
+        orig: *key,
+        reply,
+        state: initial_state(key.proto),
+        flags,
+        owner: owner_byte(w.id),
+        mapping,
+        backend,
+    }
 }
 
 #[inline]
