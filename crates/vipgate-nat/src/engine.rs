@@ -50,6 +50,9 @@ pub mod conn_flags {
     pub const SNAT: u8 = 0x08;
     /// Private to private through a public address.
     pub const HAIRPIN: u8 = 0x10;
+    /// The connection also holds a reference on a second PAT mapping, whose entry index is
+    /// in `backend`: the destination's, for a hairpin through another host's mapping.
+    pub const PEER_MAPPING: u8 = 0x20;
 }
 
 /// What the state-sync layer needs to hear about, in order, per worker.
@@ -61,6 +64,17 @@ pub enum ConnEvent {
     Updated(ConnId, ConnState),
     /// A connection or mapping was removed; its original key names it.
     Deleted(FlowKey),
+}
+
+/// A connection or mapping as [`Engine::export`] gives it to state sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exported {
+    /// The record, ids in it being the active box's.
+    pub record: ConnRecord,
+    /// The internal key of the PAT mapping the connection holds, if any.
+    pub mapping: Option<FlowKey>,
+    /// The internal key of the second mapping it holds ([`conn_flags::PEER_MAPPING`]).
+    pub peer_mapping: Option<FlowKey>,
 }
 
 /// `backend` value of a connection that has none.
@@ -682,11 +696,6 @@ impl Engine {
             Ok(d) => d,
             Err(r) => return Created::Done(Verdict::Drop(r)),
         };
-        // The destination mapping only had to exist; this connection keeps its own source
-        // mapping alive.
-        if let Some(m) = dest_mapping {
-            self.table.release_ref(m);
-        }
         let own;
         let candidates: &[usize] = match self.policy.pat_rule_for(key.src) {
             Some(rule) => self.pat_addrs.get(rule).map(Vec::as_slice).unwrap_or(&[]),
@@ -697,14 +706,29 @@ impl Engine {
         };
         let m = match self.mapping_for(w, key.src, key.sport, key.proto, candidates, now) {
             Ok(m) => m,
-            Err(r) => return Created::Done(Verdict::Drop(r)),
+            Err(r) => {
+                if let Some(d) = dest_mapping {
+                    self.table.release_ref(d);
+                }
+                return Created::Done(Verdict::Drop(r));
+            }
         };
         let reply = reply_key(key.proto, (addr, port), (m.addr, m.port));
-        let flags = conn_flags::ORIG_IN_PRIVATE
+        let mut flags = conn_flags::ORIG_IN_PRIVATE
             | conn_flags::ORIG_OUT_PRIVATE
             | conn_flags::DNAT
             | conn_flags::SNAT
             | conn_flags::HAIRPIN;
+        // Through another host's mapping, the connection keeps both mappings alive: its own
+        // (the source's) and the destination's, whose index rides in `backend` (a hairpin
+        // through a mapping has no pool backend).
+        let backend = match dest_mapping {
+            Some(d) => {
+                flags |= conn_flags::PEER_MAPPING;
+                d.index
+            }
+            None => backend,
+        };
         self.insert_conn(w, new_conn(w, key, reply, flags, Some(m.id), backend), now)
     }
 
@@ -794,9 +818,7 @@ impl Engine {
                 })
             }
             Err(e) => {
-                if let Some(m) = conn.mapping {
-                    self.table.release_ref(m);
-                }
+                self.release_refs(conn.mapping, conn.flags, conn.backend);
                 match e {
                     // Another worker created the same connection a moment ago: use it.
                     InsertError::Exists(h) => Created::Conn(h),
@@ -847,8 +869,21 @@ impl Engine {
             if let Some(ai) = self.ports.addr_index(rec.reply.dst) {
                 self.ports.release(ai, rec.reply.proto, rec.reply.dport);
             }
-        } else if let Some(m) = rec.mapping {
+        } else {
+            self.release_refs(rec.mapping, rec.flags, rec.backend);
+        }
+    }
+
+    /// Releases the mapping references a connection with these fields holds.
+    fn release_refs(&self, mapping: Option<ConnId>, flags: u8, backend: u32) {
+        if let Some(m) = mapping {
             self.table.release_ref(m);
+        }
+        if flags & conn_flags::PEER_MAPPING != 0 {
+            // The reference held keeps that entry live, so its live id is the one referenced.
+            if let Some(peer) = self.table.live_id(backend) {
+                self.table.release_ref(peer);
+            }
         }
     }
 
@@ -862,29 +897,34 @@ impl Engine {
     }
 
     /// A connection or mapping as state sync sends it: its record, and for a connection
-    /// that holds a PAT mapping, the mapping's internal key so the standby can resolve it.
-    pub fn export(&self, id: ConnId, now: u32) -> Option<(ConnRecord, Option<FlowKey>)> {
-        let rec = self.table.export(id, now)?;
-        let mapping_key = match rec.mapping {
-            Some(m) => Some(self.table.export(m, now)?.orig),
+    /// that holds PAT mappings, their internal keys so the standby can resolve them.
+    pub fn export(&self, id: ConnId, now: u32) -> Option<Exported> {
+        let record = self.table.export(id, now)?;
+        let key_of = |id: ConnId| self.table.export(id, now).map(|m| m.orig);
+        let mapping = match record.mapping {
+            Some(m) => Some(key_of(m)?),
             None => None,
         };
-        Some((rec, mapping_key))
+        let peer_mapping = if record.flags & conn_flags::PEER_MAPPING != 0 {
+            Some(key_of(self.table.live_id(record.backend)?)?)
+        } else {
+            None
+        };
+        Some(Exported {
+            record,
+            mapping,
+            peer_mapping,
+        })
     }
 
     /// Installs a connection or mapping exactly as the active box has it (the standby side
-    /// of state sync): a mapping claims its public port; a connection takes a reference on
-    /// its mapping, found by `mapping_key` (install mappings first).
+    /// of state sync): a mapping claims its public port; a connection takes references on
+    /// its mappings, found by their keys (install mappings first).
     ///
     /// # Errors
-    /// [`InsertError`] from the table; `Clash` also when the port or mapping is missing.
-    pub fn install(
-        &self,
-        rec: &ConnRecord,
-        mapping_key: Option<&FlowKey>,
-        now: u32,
-    ) -> Result<ConnId, InsertError> {
-        let mut rec = *rec;
+    /// [`InsertError`] from the table; `Clash` also when the port or a mapping is missing.
+    pub fn install(&self, e: &Exported, now: u32) -> Result<ConnId, InsertError> {
+        let mut rec = e.record;
         if rec.state == ConnState::Mapping {
             let ai = self
                 .ports
@@ -897,19 +937,26 @@ impl Engine {
                 self.ports.release(ai, rec.reply.proto, rec.reply.dport);
             });
         }
-        rec.mapping = match mapping_key {
-            Some(k) => match self.table.lookup(k) {
-                Some(m) if m.state == ConnState::Mapping && self.table.acquire_ref(m.id) => {
-                    Some(m.id)
-                }
-                _ => return Err(InsertError::Clash),
-            },
+        let acquire = |k: &FlowKey| match self.table.lookup(k) {
+            Some(m) if m.state == ConnState::Mapping && self.table.acquire_ref(m.id) => Some(m.id),
+            _ => None,
+        };
+        rec.mapping = match &e.mapping {
+            Some(k) => Some(acquire(k).ok_or(InsertError::Clash)?),
             None => None,
         };
-        self.table.install(&rec, now).inspect_err(|_| {
-            if let Some(m) = rec.mapping {
-                self.table.release_ref(m);
+        if rec.flags & conn_flags::PEER_MAPPING != 0 {
+            let peer = e.peer_mapping.as_ref().and_then(acquire);
+            match peer {
+                Some(p) => rec.backend = p.index,
+                None => {
+                    self.release_refs(rec.mapping, 0, 0);
+                    return Err(InsertError::Clash);
+                }
             }
+        }
+        self.table.install(&rec, now).inspect_err(|_| {
+            self.release_refs(rec.mapping, rec.flags, rec.backend);
         })
     }
 }

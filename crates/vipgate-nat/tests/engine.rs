@@ -383,6 +383,76 @@ fn hairpin_to_another_hosts_mapping() {
 }
 
 #[test]
+fn hairpin_through_a_mapping_keeps_it_alive() {
+    let mut c = config();
+    c.filtering = Filtering::EndpointIndependent;
+    let mut lab = Lab::new(c.clone());
+    let t = lab.engine.config().timeouts;
+    let out = lab.pass(
+        testing::udp(H2, CLIENT, 7000, 3478, b""),
+        Side::Private,
+        Side::Public,
+        1,
+    );
+    let h2_public = ports_of(&out).1;
+    // H1 keeps talking to H2 through H2's mapping long after H2's own flow went idle.
+    let ai = lab.engine.ports().addr_index(PAT_IP).unwrap();
+    let mut now = 1;
+    for _ in 0..4 {
+        now += t.udp / 2;
+        lab.pass(
+            testing::udp(H1, PAT_IP, 7100, h2_public, b"p2p"),
+            Side::Private,
+            Side::Private,
+            now,
+        );
+        lab.engine.reclaim(&mut lab.w, now, 1 << 20);
+        lab.engine.reclaim(&mut lab.w, now, 1 << 20);
+    }
+    assert!(now > 1 + t.udp, "H2's own flow has expired by now");
+    assert!(
+        lab.engine.ports().is_allocated(ai, Proto::Udp, 7000),
+        "its mapping lives on"
+    );
+
+    // The standby gets the hairpin connection with both mappings.
+    let standby = Engine::new(c).unwrap();
+    let mut mappings = Vec::new();
+    let mut conns = Vec::new();
+    lab.engine.table().for_each_live(now, |id, rec| {
+        if rec.state == vipgate_nat::state::ConnState::Mapping {
+            mappings.push(id);
+        } else {
+            conns.push(id);
+        }
+    });
+    assert_eq!((mappings.len(), conns.len()), (2, 1));
+    for id in mappings.iter().chain(&conns) {
+        standby
+            .install(&lab.engine.export(*id, now).unwrap(), now)
+            .unwrap();
+    }
+    let mut sw = standby.worker(0);
+    let mut again = testing::udp(H1, PAT_IP, 7100, h2_public, b"p2p");
+    assert_eq!(
+        standby.process(&mut sw, &mut again, Side::Private, now),
+        Verdict::Forward(Side::Private)
+    );
+    assert_eq!(ports_of(&again), (PAT_IP, 7100, H2, 7000));
+
+    // When the hairpin connection goes, both mappings go and their ports are free.
+    let later = now + t.udp + 1;
+    for _ in 0..3 {
+        lab.engine.reclaim(&mut lab.w, later, 1 << 20);
+        standby.reclaim(&mut sw, later, 1 << 20);
+    }
+    assert_eq!(lab.engine.table().len(), 0);
+    assert_eq!(standby.table().len(), 0);
+    assert!(!lab.engine.ports().is_allocated(ai, Proto::Udp, 7000));
+    assert!(!lab.engine.ports().is_allocated(ai, Proto::Udp, 7100));
+}
+
+#[test]
 fn icmp_echo_through_pat_and_to_vip() {
     let mut lab = Lab::new(config());
     let out = lab.pass(
@@ -992,9 +1062,10 @@ fn events_and_standby_install() {
     let standby = Engine::new(config()).unwrap();
     let mut sw = standby.worker(0);
     for id in &ids {
-        let (rec, mkey) = lab.engine.export(*id, 7).unwrap();
+        let exported = lab.engine.export(*id, 7).unwrap();
+        let rec = exported.record;
         assert_eq!(rec.idle_secs, 2);
-        standby.install(&rec, mkey.as_ref(), 100).unwrap();
+        standby.install(&exported, 100).unwrap();
     }
     // After takeover, the reply is translated exactly as the active box would have.
     let mut reply = testing::tcp(CLIENT, PAT_IP, 443, 3000, SYN_ACK, b"");
@@ -1074,8 +1145,9 @@ fn a_closing_connection_closes_the_same_way_after_install() {
         }
     });
     for id in ids {
-        let (rec, mkey) = lab.engine.export(id, 2).unwrap();
-        standby.install(&rec, mkey.as_ref(), 2).unwrap();
+        standby
+            .install(&lab.engine.export(id, 2).unwrap(), 2)
+            .unwrap();
     }
     // The host's own FIN again (a retransmission) must not count as the peer's.
     let mut again = testing::tcp(H1, CLIENT, 3000, 80, FIN_ACK, b"");

@@ -768,6 +768,21 @@ impl ConnTable {
         }
     }
 
+    /// The id of the connection live at entry `index`, if any. For a holder of a reference on
+    /// that connection (which keeps it from going) this is the id it referenced.
+    pub fn live_id(&self, index: u32) -> Option<ConnId> {
+        let life = Life(
+            self.entries
+                .get(index as usize)?
+                .life
+                .load(Ordering::Acquire),
+        );
+        life.is_live().then_some(ConnId {
+            index,
+            generation: life.generation(),
+        })
+    }
+
     /// Takes a reference on connection `id` (a PAT mapping, for a connection that uses it):
     /// it does not expire while referenced. `false` if it is gone (or holds 2^24 - 1
     /// references already).
