@@ -34,6 +34,7 @@
 
 mod entry;
 mod free;
+mod huge;
 mod index;
 #[cfg(test)]
 mod tests;
@@ -1002,8 +1003,12 @@ fn prefetch_line(p: *const i8) {
 
 /// Allocates `n` values without aborting on failure.
 fn alloc_with<T>(n: usize, make: impl Fn() -> T) -> Option<Box<[T]>> {
-    let mut v = Vec::new();
+    let mut v: Vec<T> = Vec::new();
     v.try_reserve_exact(n).ok()?;
+    huge::advise(
+        v.as_ptr().cast(),
+        n.saturating_mul(std::mem::size_of::<T>()),
+    );
     v.extend((0..n).map(|_| make()));
     Some(v.into_boxed_slice())
 }
