@@ -1,0 +1,264 @@
+//! vipgate's configuration: a TOML file plus `VIPGATE_*` environment overrides, checked as a
+//! whole before anything starts.
+//!
+//! The file is read with the `config` crate into a loose form that mirrors the file
+//! (unknown keys refused), then validated into [`Config`]: every value in range and every
+//! cross-reference consistent (VIPs on a public segment, backends reachable on the private
+//! side, rules that do not overlap). The first problem found comes back as a
+//! [`ConfigError`], one line naming the key, the value and what would be accepted.
+//!
+//! Environment variables override single keys of the file: `VIPGATE_<SECTION>__<KEY>`, with
+//! `__` between nested keys, e.g. `VIPGATE_NAT__CAPACITY=4096`, `VIPGATE_XDP__MODE=drv`,
+//! `VIPGATE_NAT__TIMEOUTS__UDP=120`. Values that look like numbers or booleans are read as
+//! such. Lists and array entries (`workers.cores`, `interfaces`) can't be set this way.
+//! A `VIPGATE_*` variable that names no key is an error, like an unknown key in the file.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use vipgate_config::{Config, XdpMode};
+//!
+//! let file = r#"
+//!     [workers]
+//!     cores = [0]
+//!     [[interfaces]]
+//!     name = "vg-pub"
+//!     side = "public"
+//!     address = "203.0.113.1/24"
+//!     [[interfaces]]
+//!     name = "vg-priv"
+//!     side = "private"
+//!     address = "198.18.0.1/24"
+//!     [nat]
+//!     vips = ["203.0.113.10"]
+//! "#;
+//! let env = HashMap::from([("VIPGATE_XDP__MODE".to_string(), "drv".to_string())]);
+//! let config = Config::from_toml_str(file, env).unwrap();
+//! assert_eq!(config.xdp.mode, XdpMode::Drv);
+//!
+//! let env = HashMap::from([("VIPGATE_NAT__CAPACITY".to_string(), "0".to_string())]);
+//! let e = Config::from_toml_str(file, env).unwrap_err();
+//! assert_eq!(
+//!     e.to_string(),
+//!     "nat.capacity: 0 is out of range; expected 1 to 2147483648 \
+//!      (set by environment variable VIPGATE_NAT__CAPACITY)"
+//! );
+//! ```
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use vipgate_nat::policy::{Ipv4Net, NatConfig};
+use vipgate_nat::Side;
+
+mod error;
+mod raw;
+mod validate;
+
+pub use error::ConfigError;
+
+/// The prefix of environment variables that override keys of the file.
+pub const ENV_PREFIX: &str = "VIPGATE";
+
+/// A checked configuration: everything vipgate needs to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The CPU of each worker, in worker order: worker `i` runs on `workers[i]` and polls
+    /// queue `i` of every interface.
+    pub workers: Vec<usize>,
+    /// AF_XDP settings.
+    pub xdp: Xdp,
+    /// The data-plane interfaces, in file order; at least one public and one private.
+    pub interfaces: Vec<Interface>,
+    /// The NAT engine's configuration, ready for `vipgate_nat::Engine::new`; its `workers` is
+    /// the number of workers.
+    pub nat: NatConfig,
+    /// Neighbor (ARP) table settings.
+    pub neighbors: Neighbors,
+    /// ICMP error generation.
+    pub icmp: Icmp,
+    /// Logging.
+    pub log: Log,
+}
+
+/// A data-plane interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    /// Kernel interface name.
+    pub name: String,
+    /// Which network it faces.
+    pub side: Side,
+    /// The gateway's own address on this segment.
+    pub addr: Ipv4Addr,
+    /// The segment's subnet (network address and prefix length).
+    pub net: Ipv4Net,
+    /// The next hop of the default route, if the default route leaves through this interface.
+    pub gateway: Option<Ipv4Addr>,
+    /// Static routes through this interface.
+    pub routes: Vec<Route>,
+}
+
+/// A static route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Destination prefix (host bits zero).
+    pub net: Ipv4Net,
+    /// Next hop, inside the interface's subnet.
+    pub via: Ipv4Addr,
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Generic XDP (`XDP_FLAGS_SKB_MODE`): works on every driver, veth included; copies.
+    #[default]
+    Skb,
+    /// Native XDP in the driver (`XDP_FLAGS_DRV_MODE`).
+    Drv,
+}
+
+/// AF_XDP settings, the same for every worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Xdp {
+    /// Attach mode.
+    pub mode: XdpMode,
+    /// Frames per RX/TX batch, 1 to 1024.
+    pub batch: usize,
+    /// UMEM frames per worker: a power of two, at least `2 * ring * interfaces`.
+    pub frames: u32,
+    /// Bytes per UMEM frame: 2048 or 4096.
+    pub frame_size: u32,
+    /// Entries in each RX, TX, fill and completion ring: a power of two, 64 to 16384.
+    pub ring: u32,
+}
+
+impl Default for Xdp {
+    fn default() -> Self {
+        Xdp {
+            mode: XdpMode::Skb,
+            batch: 64,
+            frames: 4096,
+            frame_size: 2048,
+            ring: 1024,
+        }
+    }
+}
+
+/// Neighbor (ARP) table settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Neighbors {
+    /// Entries, at least 16.
+    pub capacity: usize,
+    /// Seconds an ARP answer is trusted before it is confirmed again, at least 1.
+    pub reachable_secs: u32,
+    /// Milliseconds between ARP requests for an unresolved address, at least 10.
+    pub retry_ms: u32,
+    /// Requests sent before an address is given up, at least 1.
+    pub retries: u32,
+    /// Frames held per unresolved address, 1 to 64.
+    pub hold: usize,
+}
+
+impl Default for Neighbors {
+    fn default() -> Self {
+        Neighbors {
+            capacity: 1024,
+            reachable_secs: 30,
+            retry_ms: 1000,
+            retries: 3,
+            hold: 4,
+        }
+    }
+}
+
+/// ICMP error generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Icmp {
+    /// ICMP errors (time exceeded) each worker sends per second; 0 sends none.
+    pub rate: u32,
+}
+
+impl Default for Icmp {
+    fn default() -> Self {
+        Icmp { rate: 100 }
+    }
+}
+
+/// Logging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log {
+    /// A `tracing` filter directive, e.g. `info` or `vipgate=debug`.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` with the process's `VIPGATE_*` environment variables applied on top.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for an unreadable file, a TOML syntax error, an unknown key, a value
+    /// of the wrong type or an inconsistent configuration; the first one found.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, process_env()?)
+    }
+
+    /// Loads `path` with the overrides in `env` (variable name to value; variables without
+    /// the `VIPGATE_` prefix are ignored) instead of the process environment.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn load_with_env(path: &Path, env: HashMap<String, String>) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("", format!("cannot read {file}: {e}")))?;
+        validate::load(&text, Some(&file), env)
+    }
+
+    /// Loads a configuration from TOML text with the overrides in `env`.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn from_toml_str(text: &str, env: HashMap<String, String>) -> Result<Config, ConfigError> {
+        validate::load(text, None, env)
+    }
+
+    /// The interface at `index` of [`Config::interfaces`] whose subnet holds `addr`, if any.
+    pub fn interface_for(&self, addr: Ipv4Addr) -> Option<(usize, &Interface)> {
+        self.interfaces
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.net.contains(addr))
+    }
+}
+
+/// The `VIPGATE_*` variables of the process. Others are left out so that an unrelated
+/// variable with non-Unicode contents can't fail the load.
+fn process_env() -> Result<HashMap<String, String>, ConfigError> {
+    let mut env = HashMap::new();
+    for (k, v) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        if !validate::is_override(k) {
+            continue;
+        }
+        match v.into_string() {
+            Ok(v) => {
+                env.insert(k.to_string(), v);
+            }
+            Err(v) => {
+                return Err(ConfigError::new(
+                    validate::env_key(k),
+                    format!("{v:?} is not valid UTF-8; expected a UTF-8 value"),
+                )
+                .set_by_env(k));
+            }
+        }
+    }
+    Ok(env)
+}

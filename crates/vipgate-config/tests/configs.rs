@@ -1,0 +1,435 @@
+//! The shipped configurations, the refused ones under `configs/bad/`, and environment
+//! overrides.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use vipgate_config::{Config, ConfigError, Neighbors, Route, XdpMode};
+use vipgate_nat::policy::{Backend, DnatRule, Filtering, Ipv4Net, NatConfig, PatRule, Policy};
+use vipgate_nat::{Engine, Proto, Side, Timeouts};
+
+fn configs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+}
+
+fn lab() -> PathBuf {
+    configs_dir().join("lab.toml")
+}
+
+fn no_env() -> HashMap<String, String> {
+    HashMap::new()
+}
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn net(s: &str) -> Ipv4Net {
+    let (a, len) = s.split_once('/').unwrap();
+    Ipv4Net::new(a.parse().unwrap(), len.parse().unwrap()).unwrap()
+}
+
+const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const H1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+const H2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
+
+#[test]
+fn every_shipped_config_loads() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(configs_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let c = Config::load_with_env(&path, no_env())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            // What the engine would refuse, the loader must have refused first.
+            Policy::new(&c.nat).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 2,
+        "lab.toml and example.toml at least, found {seen}"
+    );
+}
+
+#[test]
+fn lab_is_the_lab_topology() {
+    let c = Config::load_with_env(&lab(), no_env()).unwrap();
+    assert_eq!(c.workers, vec![0]);
+    assert_eq!(c.xdp.mode, XdpMode::Skb);
+    assert_eq!(c.interfaces.len(), 2);
+    let (public, private) = (&c.interfaces[0], &c.interfaces[1]);
+    assert_eq!(public.name, "vg-pub");
+    assert_eq!(public.side, Side::Public);
+    assert_eq!(public.addr, Ipv4Addr::new(203, 0, 113, 1));
+    assert_eq!(public.net, net("203.0.113.0/24"));
+    assert_eq!(public.gateway, Some(Ipv4Addr::new(203, 0, 113, 254)));
+    assert!(public.routes.is_empty());
+    assert_eq!(private.name, "vg-priv");
+    assert_eq!(private.side, Side::Private);
+    assert_eq!(private.addr, Ipv4Addr::new(198, 18, 0, 1));
+    assert_eq!(private.net, net("198.18.0.0/24"));
+    assert_eq!(private.gateway, None);
+
+    let nat = &c.nat;
+    assert_eq!(nat.vips, vec![VIP]);
+    assert_eq!(nat.capacity, 65536);
+    assert_eq!(nat.workers, 1);
+    assert_eq!(
+        nat.dnat,
+        vec![
+            DnatRule {
+                vip: VIP,
+                proto: Proto::Tcp,
+                port_lo: 80,
+                port_hi: 80,
+                to: H1,
+                to_port: Some(80),
+            },
+            DnatRule {
+                vip: VIP,
+                proto: Proto::Udp,
+                port_lo: 5353,
+                port_hi: 5353,
+                to: H1,
+                to_port: Some(5353),
+            },
+        ]
+    );
+    assert_eq!(nat.pools.len(), 1);
+    let web = &nat.pools[0];
+    assert_eq!(
+        (web.name.as_str(), web.vip, web.proto, web.port),
+        ("web", VIP, Proto::Tcp, 8080)
+    );
+    assert_eq!(
+        web.backends,
+        vec![
+            Backend {
+                addr: H1,
+                port: 8080,
+                weight: 1
+            },
+            Backend {
+                addr: H2,
+                port: 8080,
+                weight: 1
+            },
+        ]
+    );
+    assert_eq!(
+        nat.pat,
+        vec![PatRule {
+            from: vec![net("198.18.0.0/24")],
+            to: vec![VIP],
+        }]
+    );
+    // Ready for the engine as it is.
+    let engine = Engine::new(c.nat.clone()).unwrap();
+    assert_eq!(engine.config().workers, 1);
+}
+
+#[test]
+fn example_is_what_its_comments_say() {
+    let c = Config::load_with_env(&configs_dir().join("example.toml"), no_env()).unwrap();
+    assert_eq!(c.workers, vec![2, 3, 4, 5]);
+    assert_eq!(c.nat.workers, 4);
+    assert_eq!(c.xdp.mode, XdpMode::Drv);
+    assert_eq!(c.xdp.frames, 8192);
+    assert_eq!(
+        c.interfaces[1].routes,
+        vec![Route {
+            net: net("10.30.0.0/16"),
+            via: Ipv4Addr::new(10, 20, 0, 254),
+        }]
+    );
+    let media = &c.nat.dnat[1];
+    assert_eq!(
+        (media.port_lo, media.port_hi, media.to_port),
+        (50000, 50099, Some(40000))
+    );
+    assert_eq!(c.nat.pools[0].backends[2].weight, 2);
+    assert_eq!(
+        c.nat.pat[0].from,
+        vec![net("10.20.0.0/24"), net("10.30.0.0/16")]
+    );
+    assert_eq!(c.neighbors.capacity, 4096);
+    // A backend behind the private route is found through the route's interface.
+    let (i, iface) = c.interface_for(Ipv4Addr::new(10, 20, 0, 10)).unwrap();
+    assert_eq!((i, iface.name.as_str()), (1, "ens1f1"));
+    assert!(c.interface_for(Ipv4Addr::new(10, 30, 2, 10)).is_none());
+}
+
+#[test]
+fn omitted_sections_take_their_defaults() {
+    let text = r#"
+        [workers]
+        cores = [1]
+        [[interfaces]]
+        name = "a"
+        side = "public"
+        address = "203.0.113.1/24"
+        [[interfaces]]
+        name = "b"
+        side = "private"
+        address = "198.18.0.1/24"
+        [nat]
+        vips = ["203.0.113.10"]
+    "#;
+    let c = Config::from_toml_str(text, no_env()).unwrap();
+    assert_eq!(c.xdp, vipgate_config::Xdp::default());
+    assert_eq!(
+        (c.xdp.batch, c.xdp.frames, c.xdp.frame_size, c.xdp.ring),
+        (64, 4096, 2048, 1024)
+    );
+    assert_eq!(c.neighbors, Neighbors::default());
+    assert_eq!(c.icmp.rate, 100);
+    assert_eq!(c.log.level, "info");
+    let d = NatConfig::default();
+    assert_eq!(c.nat.timeouts, Timeouts::default());
+    assert_eq!(c.nat.capacity, d.capacity);
+    assert_eq!((c.nat.port_lo, c.nat.port_hi), (d.port_lo, d.port_hi));
+    assert_eq!(c.nat.filtering, Filtering::AddressAndPortDependent);
+    assert_eq!(
+        (c.nat.frag_entries, c.nat.frag_timeout, c.nat.frag_hold),
+        (d.frag_entries, d.frag_timeout, d.frag_hold)
+    );
+    assert!(c.nat.dnat.is_empty() && c.nat.pools.is_empty() && c.nat.pat.is_empty());
+}
+
+/// The refused configurations: `configs/bad/NAME.toml`, each starting with
+/// `# expect: <text the message must contain>`. The expected text starts with the key path
+/// whenever the message has one, so each row checks the key too.
+fn bad_configs() -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(configs_dir().join("bad")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first = text.lines().next().unwrap_or_default();
+        let expect = first
+            .strip_prefix("# expect: ")
+            .unwrap_or_else(|| panic!("{}: first line must be `# expect: ...`", path.display()));
+        out.push((path, expect.to_string()));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_bad_config_is_refused_with_its_message() {
+    let bad = bad_configs();
+    assert!(bad.len() >= 25, "only {} bad configurations", bad.len());
+    for (path, expect) in &bad {
+        let name = path.file_name().unwrap().to_string_lossy();
+        let e: ConfigError = match Config::load_with_env(path, no_env()) {
+            Ok(_) => panic!("{name}: accepted, expected an error containing {expect:?}"),
+            Err(e) => e,
+        };
+        let msg = e.to_string();
+        assert!(!msg.contains('\n'), "{name}: message spans lines: {msg:?}");
+        assert!(
+            msg.contains(expect.as_str()),
+            "{name}:\n  message {msg:?}\n  expected to contain {expect:?}"
+        );
+        if !e.key().is_empty() {
+            assert!(
+                expect.starts_with(&format!("{}: ", e.key())),
+                "{name}: expectation {expect:?} does not name the key {:?}",
+                e.key()
+            );
+            assert!(msg.starts_with(&format!("{}: ", e.key())), "{name}: {msg}");
+        }
+        assert_eq!(e.env_var(), None, "{name}");
+    }
+}
+
+#[test]
+fn bad_configs_cover_every_section() {
+    let keys: Vec<String> = bad_configs().into_iter().map(|(_, e)| e).collect();
+    for prefix in [
+        "workers.cores",
+        "xdp.mode",
+        "xdp.batch",
+        "xdp.frames",
+        "xdp.frame_size",
+        "xdp.ring",
+        "interfaces:",
+        "interfaces[1].address",
+        "interfaces[0].gateway",
+        "interfaces[0].routes[0].via",
+        "nat.vips[1]",
+        "nat.capacity",
+        "nat.pat_ports",
+        "nat.timeouts.",
+        "nat.dnat[0].to",
+        "nat.dnat[1]: port",
+        "nat.pools[0]: port",
+        "nat.pools[0].backends[1].addr",
+        "nat.pat[0].to[0]",
+        "nat.pat[0].from[0]",
+        "neighbors.",
+        "icmp.rate",
+        "log.level",
+        "TOML syntax error",
+    ] {
+        assert!(
+            keys.iter().any(|k| k.starts_with(prefix)),
+            "no bad configuration for {prefix}"
+        );
+    }
+}
+
+#[test]
+fn errors_found_reading_the_file_name_the_file() {
+    let path = configs_dir().join("bad/wrong-type.toml");
+    let msg = Config::load_with_env(&path, no_env())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.ends_with(&format!("(in {})", path.display())), "{msg}");
+    let path = configs_dir().join("bad/toml-syntax.toml");
+    let msg = Config::load_with_env(&path, no_env())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(
+        msg.contains("name = \"vg-priv"),
+        "the offending line is quoted: {msg}"
+    );
+    let missing = configs_dir().join("no-such-file.toml");
+    let e = Config::load_with_env(&missing, no_env()).unwrap_err();
+    assert!(e.to_string().starts_with("cannot read "), "{e}");
+}
+
+#[test]
+fn environment_overrides_nested_keys() {
+    let c = Config::load_with_env(
+        &lab(),
+        env(&[
+            ("VIPGATE_NAT__CAPACITY", "4096"),
+            ("VIPGATE_XDP__MODE", "drv"),
+            ("VIPGATE_XDP__BATCH", "32"),
+            ("VIPGATE_NAT__TIMEOUTS__UDP", "120"),
+            ("VIPGATE_NAT__FILTERING", "endpoint-independent"),
+            ("VIPGATE_NAT__PAT_PORTS", "20000-29999"),
+            ("VIPGATE_LOG__LEVEL", "vipgate=debug"),
+            // Sections the file leaves out can be set too.
+            ("VIPGATE_NEIGHBORS__HOLD", "8"),
+            ("VIPGATE_ICMP__RATE", "0"),
+            // Variables without the prefix are none of vipgate's business.
+            ("PATH", "/usr/bin"),
+            ("VIPGATEWAY", "x"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.nat.capacity, 4096);
+    assert_eq!(c.xdp.mode, XdpMode::Drv);
+    assert_eq!(c.xdp.batch, 32);
+    assert_eq!(c.nat.timeouts.udp, 120);
+    assert_eq!(
+        c.nat.timeouts.tcp_established,
+        Timeouts::default().tcp_established
+    );
+    assert_eq!(c.nat.filtering, Filtering::EndpointIndependent);
+    assert_eq!((c.nat.port_lo, c.nat.port_hi), (20000, 29999));
+    assert_eq!(c.log.level, "vipgate=debug");
+    assert_eq!(c.neighbors.hold, 8);
+    assert_eq!(c.icmp.rate, 0);
+    // The rest of the file is untouched.
+    assert_eq!(c.nat.vips, vec![VIP]);
+    assert_eq!(c.interfaces.len(), 2);
+}
+
+#[test]
+fn environment_variable_names_are_case_insensitive() {
+    let c = Config::load_with_env(&lab(), env(&[("vipgate_nat__capacity", "2048")])).unwrap();
+    assert_eq!(c.nat.capacity, 2048);
+}
+
+#[test]
+fn bad_environment_values_name_the_key_and_the_variable() {
+    let cases = [
+        (
+            "VIPGATE_XDP__MODE",
+            "native",
+            "xdp.mode: \"native\" is not an XDP mode; expected \"skb\" or \"drv\"",
+        ),
+        (
+            "VIPGATE_NAT__CAPACITY",
+            "0",
+            "nat.capacity: 0 is out of range; expected 1 to 2147483648",
+        ),
+        (
+            "VIPGATE_NAT__CAPACITY",
+            "lots",
+            "nat.capacity: string \"lots\" has the wrong type; expected an integer",
+        ),
+        (
+            "VIPGATE_NAT__TIMEOUTS__TCP_CLOSE",
+            "0",
+            "nat.timeouts.tcp_close: 0 is out of range; expected at least 1",
+        ),
+        (
+            "VIPGATE_NAT__CAPACTY",
+            "5",
+            "nat.capacty: unknown key; expected one of",
+        ),
+        (
+            "VIPGATE_METRICS",
+            "on",
+            "metrics: unknown key; expected one of",
+        ),
+        (
+            "VIPGATE_NAT__PAT_PORTS",
+            "1024",
+            "nat.pat_ports: \"1024\" is not a port range",
+        ),
+    ];
+    for (var, value, expect) in cases {
+        let e = Config::load_with_env(&lab(), env(&[(var, value)])).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with(expect), "{var}={value}: {msg}");
+        assert!(
+            msg.ends_with(&format!("(set by environment variable {var})")),
+            "{var}={value}: {msg}"
+        );
+        assert_eq!(e.env_var(), Some(var));
+        assert!(!msg.contains('\n'));
+    }
+}
+
+#[test]
+fn from_str_reports_without_a_file() {
+    let e = Config::from_toml_str("[workers]\ncores = \"all\"\n", no_env()).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.starts_with("workers.cores: "), "{msg}");
+    assert!(!msg.contains("(in "), "{msg}");
+}
+
+#[test]
+fn process_environment_is_read_by_load() {
+    // Setting variables would race with other tests; with none set, load must agree with
+    // load_with_env and an empty map.
+    if std::env::vars_os().any(|(k, _)| {
+        k.to_str()
+            .is_some_and(|k| k.to_ascii_uppercase().starts_with("VIPGATE_"))
+    }) {
+        return;
+    }
+    assert_eq!(
+        Config::load(&lab()).unwrap(),
+        Config::load_with_env(&lab(), no_env()).unwrap()
+    );
+}
