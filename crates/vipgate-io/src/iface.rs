@@ -1,0 +1,125 @@
+//! Interface lookups by name.
+
+use std::ffi::CString;
+use std::io;
+
+fn bad_name(name: &str) -> Option<io::Error> {
+    let ok = !name.is_empty() && name.len() < libc::IFNAMSIZ && !name.contains(['\0', '/']);
+    (!ok).then(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not an interface name; expected 1 to 15 bytes, no NUL or '/'"),
+        )
+    })
+}
+
+fn not_found(name: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no interface named {name} (in this network namespace)"),
+    )
+}
+
+/// The index of interface `name` in the calling thread's network namespace.
+///
+/// # Errors
+/// `NotFound` "no interface named X" when it does not exist; `InvalidInput` for a name that
+/// cannot be an interface name.
+pub fn interface_index(name: &str) -> io::Result<u32> {
+    if let Some(e) = bad_name(name) {
+        return Err(e);
+    }
+    let c = CString::new(name).map_err(|_| not_found(name))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENODEV) | Some(libc::ENXIO) => not_found(name),
+            _ => io::Error::new(e.kind(), format!("looking up interface {name}: {e}")),
+        });
+    }
+    Ok(index)
+}
+
+/// The hardware (MAC) address of interface `name` (SIOCGIFHWADDR).
+///
+/// # Errors
+/// `NotFound` "no interface named X" when it does not exist; the OS error, naming the
+/// interface, otherwise.
+pub fn interface_mac(name: &str) -> io::Result<[u8; 6]> {
+    if let Some(e) = bad_name(name) {
+        return Err(e);
+    }
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("reading the MAC address of {name}: socket: {e}"),
+        ));
+    }
+    // SAFETY: fd is a fresh socket that nothing else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads ifr_name and writes ifr_hwaddr inside req.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIOCGIFHWADDR,
+            &mut req as *mut libc::ifreq,
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENODEV) => not_found(name),
+            _ => io::Error::new(e.kind(), format!("reading the MAC address of {name}: {e}")),
+        });
+    }
+    // SAFETY: the kernel filled the hwaddr member of the union.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, d) in mac.iter_mut().zip(data.iter()) {
+        *m = *d as u8;
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_found() {
+        assert!(interface_index("lo").unwrap() >= 1);
+        assert_eq!(interface_mac("lo").unwrap(), [0; 6]);
+    }
+
+    #[test]
+    fn missing_interfaces_are_named() {
+        for e in [
+            interface_index("vg-nonexist0").unwrap_err(),
+            interface_mac("vg-nonexist0").unwrap_err(),
+        ] {
+            assert_eq!(e.kind(), io::ErrorKind::NotFound);
+            assert!(
+                e.to_string().starts_with("no interface named vg-nonexist0"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            interface_index("").unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            interface_mac("a-name-far-too-long").unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+}
