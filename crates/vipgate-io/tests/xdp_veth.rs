@@ -509,7 +509,7 @@ fn round_trip(mode: XdpMode) {
     assert_eq!((tx, dropped), (N as u64 + 1, 0));
 
     // Every transmitted buffer comes back through a completion ring.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while ports.free_frames() != idle_free && Instant::now() < deadline {
         ports.flush().unwrap();
         std::thread::sleep(Duration::from_millis(1));
@@ -531,7 +531,7 @@ fn round_trip(mode: XdpMode) {
     );
     drop(prog);
     assert!(
-        lab.gw.wait_detached(GW_IF, Duration::from_secs(5)),
+        lab.gw.wait_detached(GW_IF, Duration::from_secs(20)),
         "dropping XdpProgram detaches it"
     );
 }
@@ -602,8 +602,8 @@ fn two_queues_two_workers_drv() {
     drop(peer_prog);
     drop(workers);
     drop(prog);
-    assert!(lab.gw.wait_detached(GW_IF, Duration::from_secs(5)));
-    assert!(lab.peer.wait_detached(PEER_IF, Duration::from_secs(5)));
+    assert!(lab.gw.wait_detached(GW_IF, Duration::from_secs(20)));
+    assert!(lab.peer.wait_detached(PEER_IF, Duration::from_secs(20)));
 }
 
 #[test]
@@ -655,7 +655,7 @@ fn attach_and_open_errors_explain_the_cause() {
         assert!(s.contains("another AF_XDP socket is bound"), "{s}");
         drop(first);
     });
-    assert!(lab.gw.wait_detached(GW_IF, Duration::from_secs(5)));
+    assert!(lab.gw.wait_detached(GW_IF, Duration::from_secs(20)));
 
     // veth refuses native XDP when its peer's MTU exceeds what one page can hold.
     lab.peer.ip(&["link", "set", PEER_IF, "mtu", "9000"]);
@@ -682,7 +682,7 @@ fn drv_attach_needs_enough_rx_queues() {
         .run(|| XdpProgram::attach(GW_IF, XdpMode::Skb, 1))
         .unwrap();
     drop(prog);
-    assert!(lab.gw.wait_detached(GW_IF, Duration::from_secs(5)));
+    assert!(lab.gw.wait_detached(GW_IF, Duration::from_secs(20)));
 }
 
 /// Kills the child on every exit path of the parent.

@@ -1,0 +1,1128 @@
+//! System tests: real kernel TCP, UDP and ICMP through vipgate on veth pairs with AF_XDP, in
+//! network namespaces each test creates and always removes (crate vipgate-netns; topology in
+//! notes/contracts.md and vipgate_netns::topology).
+//!
+//! Root only: every test first calls `require_root_and_netns()` and, where it cannot run,
+//! returns after a loud `SKIP:` on stderr. Each test builds its own topology with unique
+//! names, so they run in parallel. No fixed sleeps: everything waits by polling with bounded
+//! deadlines; nothing asserts on timings.
+//!
+//! `SYSTEST_GATEWAY=kernel` runs the same tests with the kernel (forwarding and
+//! nftables) as the gateway instead of vipgate: a check of the tests themselves. Assertions
+//! on vipgate's counters are then skipped.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use vipgate_netns::probe;
+use vipgate_netns::topology::addr::{CLIENT, GW_PRIVATE, GW_PUBLIC, H1, H2, INET, RTR_PUBLIC, VIP};
+use vipgate_netns::topology::ifname;
+use vipgate_netns::{
+    poll_until, require_root_and_netns, Counters, Gateway, Netns, Topology, VipgateSpec, XdpMode,
+};
+
+/// The configuration under test, after the `[workers]` and `[xdp]` sections the topology
+/// writes for each mode: the addresses of the topology, DNAT of tcp 80 and udp 5353 on the
+/// VIP to h1, PAT of the private network behind the VIP.
+const CONFIG_BODY: &str = r#"
+[[interfaces]]
+name = "vg-pub"
+side = "public"
+address = "203.0.113.1/24"
+gateway = "203.0.113.254"
+
+[[interfaces]]
+name = "vg-priv"
+side = "private"
+address = "198.18.0.1/24"
+
+[nat]
+vips = ["203.0.113.10"]
+capacity = 65536
+
+[[nat.dnat]]
+vip = "203.0.113.10"
+proto = "tcp"
+port = 80
+to = "198.18.0.10"
+
+[[nat.dnat]]
+vip = "203.0.113.10"
+proto = "udp"
+port = 5353
+to = "198.18.0.10"
+
+[[nat.pat]]
+from = ["198.18.0.0/24"]
+to = ["203.0.113.10"]
+
+[log]
+level = "info"
+"#;
+
+/// Waits for anything that should happen: generous, since parallel tests share few cores.
+const DEADLINE: Duration = Duration::from_secs(30);
+/// Socket read and write timeouts.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest life of a test service, whatever happens to the test.
+const SERVICE_LIFETIME: Duration = Duration::from_secs(300);
+/// Connections a test service accepts at most.
+const MAX_CONNS: usize = 1024;
+/// Datagrams sent at most while waiting for one UDP answer, one second apart.
+const UDP_ATTEMPTS: u32 = 20;
+/// Concurrent connections of the traffic suite.
+const CONNS: usize = 64;
+/// Bytes of the bulk download.
+const BULK_LEN: usize = 8 << 20;
+/// Bytes of the bulk upload.
+const UPLOAD_LEN: usize = 4 << 20;
+/// Pattern blocks: both ends generate and compare the stream in blocks of this size.
+const BLOCK: usize = 64 * 1024;
+
+// ---------------------------------------------------------------------------------------
+// Topology, gateway and its report
+
+fn kernel_requested() -> bool {
+    std::env::var("SYSTEST_GATEWAY").is_ok_and(|v| v == "kernel")
+}
+
+/// The topology with vipgate in `mode` with `workers` workers (one queue per worker on the
+/// gateway's veths), or None when the test cannot run here.
+fn topology(mode: XdpMode, workers: u32) -> Option<Topology> {
+    if !require_root_and_netns() {
+        return None;
+    }
+    let gateway = if kernel_requested() {
+        Gateway::Kernel
+    } else {
+        Gateway::Vipgate(VipgateSpec::new(
+            env!("CARGO_BIN_EXE_vipgate"),
+            mode,
+            workers,
+            CONFIG_BODY,
+        ))
+    };
+    Some(Topology::build(gateway).unwrap_or_else(|e| panic!("building the topology: {e}")))
+}
+
+/// Runs a test body; if it panics, prints the gateway's log first, so the failure comes
+/// with vipgate's side of the story.
+fn with_log<R>(t: &Topology, body: impl FnOnce() -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(r) => r,
+        Err(panic) => {
+            eprintln!("---- gateway log ----\n{}\n---- end ----", t.gateway_log());
+            resume_unwind(panic)
+        }
+    }
+}
+
+/// Stops vipgate with SIGTERM; it must exit 0 and print its counters. None for the kernel.
+fn finish(mut t: Topology) -> Option<Counters> {
+    let exit = t
+        .stop()
+        .unwrap_or_else(|e| panic!("stopping vipgate: {e}"))?;
+    eprintln!("vipgate counters (non-zero): {}", exit.counters.nonzero());
+    Some(exit.counters)
+}
+
+/// A counter that must be at least `min`.
+fn at_least(c: &Counters, name: &str, min: u64) {
+    let v = c.value(name).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        v >= min,
+        "counter {name} = {v}, expected at least {min}; non-zero: {}",
+        c.nonzero()
+    );
+}
+
+/// A counter that must be exactly `want`.
+fn exactly(c: &Counters, name: &str, want: u64) {
+    let v = c.value(name).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v, want, "counter {name}; non-zero: {}", c.nonzero());
+}
+
+/// Every frame sent to the gateway before this call has been through its (single) worker:
+/// a ping to the VIP is answered after them on the same queue.
+fn barrier(t: &Topology) {
+    poll_until(DEADLINE, "a ping to the VIP after the test traffic", || {
+        matches!(
+            t.client
+                .run(|| probe::ping(VIP, 1, Duration::from_millis(500))),
+            Ok(Ok(1))
+        )
+    })
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// A deterministic pseudo-random stream, generated and checked block by block
+
+struct Pattern(u64);
+
+impl Pattern {
+    fn new(seed: u64) -> Pattern {
+        Pattern(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// Fills `buf` with the stream's next bytes; `buf` is a multiple of 8 bytes long except
+    /// for the last block of a stream.
+    fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+        }
+    }
+}
+
+/// The block sizes a stream of `len` bytes is made of.
+fn blocks(len: usize) -> impl Iterator<Item = usize> {
+    (0..len.div_ceil(BLOCK)).map(move |i| BLOCK.min(len - i * BLOCK))
+}
+
+// ---------------------------------------------------------------------------------------
+// Services: a TCP and a UDP server bound in a namespace, served from ordinary threads (a
+// socket stays in the namespace it was created in). Each records who it saw.
+
+type Seen = Arc<Mutex<Vec<(String, SocketAddr)>>>;
+
+struct TcpService {
+    stop: Arc<AtomicBool>,
+    seen: Seen,
+    accept: Option<JoinHandle<Vec<JoinHandle<()>>>>,
+}
+
+impl TcpService {
+    fn start(ns: &Netns, addr: SocketAddrV4) -> TcpService {
+        let listener = ns
+            .run(move || TcpListener::bind(addr))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name()));
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Seen::default();
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let accept = thread::spawn(move || {
+            let mut handlers = Vec::new();
+            let end = Instant::now() + SERVICE_LIFETIME;
+            while !stop2.load(Ordering::Relaxed)
+                && Instant::now() < end
+                && handlers.len() < MAX_CONNS
+            {
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        let seen = seen2.clone();
+                        handlers.push(thread::spawn(move || {
+                            if let Err(e) = serve_tcp(stream, peer, &seen) {
+                                eprintln!("tcp service: {peer}: {e}");
+                            }
+                        }));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        let _ = probe::wait_readable(listener.as_fd(), Duration::from_millis(100));
+                    }
+                    Err(e) => {
+                        eprintln!("tcp service: accept: {e}");
+                        break;
+                    }
+                }
+            }
+            handlers
+        });
+        TcpService {
+            stop,
+            seen,
+            accept: Some(accept),
+        }
+    }
+
+    /// Stops accepting, waits for the connections' handlers, returns who said what.
+    fn stop(mut self) -> Vec<(String, SocketAddr)> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(a) = self.accept.take() {
+            for h in a.join().unwrap() {
+                h.join().unwrap();
+            }
+        }
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TcpService {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One command per connection:
+/// `HELLO <token>` -> `HELLO <token> FROM <peer>`;
+/// `BULK <len> <seed>` -> the pattern's first len bytes;
+/// `UPLOAD <len> <seed>` + len bytes -> `OK <len>` if they are the pattern, else `BAD <offset>`.
+fn serve_tcp(stream: TcpStream, peer: SocketAddr, seen: &Seen) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut out = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.by_ref().take(256).read_line(&mut line)?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    seen.lock().unwrap().push((line.trim().to_string(), peer));
+    match words.as_slice() {
+        ["HELLO", token] => writeln!(out, "HELLO {token} FROM {peer}"),
+        ["BULK", len, seed] => {
+            let (len, seed) = parse_len_seed(len, seed)?;
+            let mut p = Pattern::new(seed);
+            let mut buf = vec![0u8; BLOCK];
+            for n in blocks(len) {
+                p.fill(&mut buf[..n]);
+                out.write_all(&buf[..n])?;
+            }
+            Ok(())
+        }
+        ["UPLOAD", len, seed] => {
+            let (len, seed) = parse_len_seed(len, seed)?;
+            let mut p = Pattern::new(seed);
+            let (mut want, mut got) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+            let mut offset = 0;
+            for n in blocks(len) {
+                p.fill(&mut want[..n]);
+                reader.read_exact(&mut got[..n])?;
+                if want[..n] != got[..n] {
+                    return writeln!(out, "BAD {offset}");
+                }
+                offset += n;
+            }
+            writeln!(out, "OK {len}")
+        }
+        _ => writeln!(out, "ERR unknown command"),
+    }
+}
+
+fn parse_len_seed(len: &str, seed: &str) -> io::Result<(usize, u64)> {
+    let bad = |_| io::Error::new(io::ErrorKind::InvalidData, "bad number");
+    Ok((len.parse().map_err(bad)?, seed.parse().map_err(bad)?))
+}
+
+struct UdpService {
+    stop: Arc<AtomicBool>,
+    seen: Seen,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpService {
+    /// Answers every datagram with `<payload> FROM <peer>`.
+    fn start(ns: &Netns, addr: SocketAddrV4) -> UdpService {
+        let sock = ns
+            .run(move || UdpSocket::bind(addr))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("bind udp {addr} in {}: {e}", ns.name()));
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Seen::default();
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let thread = thread::spawn(move || {
+            let end = Instant::now() + SERVICE_LIFETIME;
+            let mut buf = [0u8; 1500];
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < end {
+                let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let _ = sock.send_to(format!("{msg} FROM {peer}").as_bytes(), peer);
+                seen2.lock().unwrap().push((msg, peer));
+            }
+        });
+        UdpService {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> Vec<(String, SocketAddr)> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for UdpService {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients (called on a thread inside the client's namespace)
+
+/// Connects to `to`, retrying until the deadline (a SYN may meet a gateway still learning
+/// its neighbors).
+fn connect(to: SocketAddrV4) -> TcpStream {
+    let mut stream = None;
+    poll_until(DEADLINE, &format!("a TCP connection to {to}"), || {
+        stream = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3)).ok();
+        stream.is_some()
+    })
+    .unwrap();
+    let s = stream.unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+fn read_line(s: &TcpStream) -> String {
+    let mut line = String::new();
+    BufReader::new(s).take(256).read_line(&mut line).unwrap();
+    line.trim_end().to_string()
+}
+
+/// `HELLO token` on a connected stream; returns the answer.
+fn hello(s: &TcpStream, token: &str) -> String {
+    let mut w = s;
+    writeln!(w, "HELLO {token}").unwrap();
+    read_line(s)
+}
+
+/// Reads `len` bytes of BULK and checks them; `between` runs after every block.
+fn download(
+    s: &TcpStream,
+    len: usize,
+    seed: u64,
+    mut between: impl FnMut(usize),
+) -> Result<(), String> {
+    let mut w = s;
+    writeln!(w, "BULK {len} {seed}").unwrap();
+    let mut p = Pattern::new(seed);
+    let (mut want, mut got) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+    let mut r = s;
+    let mut offset = 0;
+    for (i, n) in blocks(len).enumerate() {
+        p.fill(&mut want[..n]);
+        r.read_exact(&mut got[..n])
+            .map_err(|e| format!("download: reading at {offset} of {len}: {e}"))?;
+        if let Some(at) = want[..n].iter().zip(&got[..n]).position(|(a, b)| a != b) {
+            return Err(format!("download: content differs at byte {}", offset + at));
+        }
+        offset += n;
+        between(i);
+    }
+    // Nothing more: the server closes after the stream.
+    let mut extra = [0u8; 1];
+    match r.read(&mut extra) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err("download: more bytes than asked for".into()),
+        Err(e) => Err(format!("download: waiting for the end: {e}")),
+    }
+}
+
+/// Sends `len` bytes of the pattern; returns the server's verdict line.
+fn upload(s: &TcpStream, len: usize, seed: u64) -> String {
+    let mut w = s;
+    writeln!(w, "UPLOAD {len} {seed}").unwrap();
+    let mut p = Pattern::new(seed);
+    let mut buf = vec![0u8; BLOCK];
+    for n in blocks(len) {
+        p.fill(&mut buf[..n]);
+        w.write_all(&buf[..n]).unwrap();
+    }
+    read_line(s)
+}
+
+/// Sends `msg` on a connected UDP socket until the service answers it; returns the answer.
+fn udp_ask(s: &UdpSocket, msg: &str) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let want = format!("{msg} FROM ");
+    let mut buf = [0u8; 1500];
+    for _ in 0..UDP_ATTEMPTS {
+        s.send(msg.as_bytes()).unwrap();
+        match s.recv(&mut buf) {
+            Ok(n) => {
+                let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if reply.starts_with(&want) {
+                    return reply;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("udp {msg}: {e}"),
+        }
+    }
+    panic!("no answer to udp {msg:?} after {UDP_ATTEMPTS} attempts");
+}
+
+/// The peer address in an answer `... FROM a.b.c.d:port`.
+fn from_addr(reply: &str) -> SocketAddrV4 {
+    let (_, peer) = reply
+        .rsplit_once(" FROM ")
+        .unwrap_or_else(|| panic!("answer {reply:?} names no peer"));
+    peer.parse()
+        .unwrap_or_else(|e| panic!("answer {reply:?}: peer: {e}"))
+}
+
+fn udp_connected(local: Ipv4Addr, to: SocketAddrV4) -> UdpSocket {
+    let s = UdpSocket::bind((local, 0)).unwrap();
+    s.connect(to).unwrap();
+    s
+}
+
+fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+// ---------------------------------------------------------------------------------------
+// The traffic suite, in each XDP mode
+
+fn run_traffic_suite(mode: XdpMode, workers: u32) {
+    let Some(t) = topology(mode, workers) else {
+        return;
+    };
+    let web = TcpService::start(&t.h1, sa(H1, 80));
+    let dns = UdpService::start(&t.h1, sa(H1, 5353));
+    let far = UdpService::start(&t.inet, sa(INET, 7000));
+    with_log(&t, || {
+        // Many connections at once: all open before any speaks. DNAT only, so h1 sees the
+        // client's own address and port.
+        let answers = t
+            .client
+            .run(|| {
+                let conns: Vec<TcpStream> = (0..CONNS).map(|_| connect(sa(VIP, 80))).collect();
+                for (i, c) in conns.iter().enumerate() {
+                    let mut w = c;
+                    writeln!(w, "HELLO c{i}").unwrap();
+                }
+                conns
+                    .iter()
+                    .map(|c| (read_line(c), c.local_addr().unwrap()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
+        for (i, (answer, local)) in answers.iter().enumerate() {
+            assert_eq!(answer, &format!("HELLO c{i} FROM {local}"));
+        }
+
+        // Bulk both ways, content checked.
+        t.client
+            .run(|| download(&connect(sa(VIP, 80)), BULK_LEN, 7, |_| {}))
+            .unwrap()
+            .unwrap();
+        let verdict = t
+            .client
+            .run(|| upload(&connect(sa(VIP, 80)), UPLOAD_LEN, 11))
+            .unwrap();
+        assert_eq!(verdict, format!("OK {UPLOAD_LEN}"));
+
+        // UDP through DNAT: the answer comes back from VIP:5353 (the socket is connected
+        // there), and h1 saw the client's own address.
+        let (answer, local) = t
+            .client
+            .run(|| {
+                let s = udp_connected(CLIENT, sa(VIP, 5353));
+                (udp_ask(&s, "dnat-udp"), s.local_addr().unwrap())
+            })
+            .unwrap();
+        assert_eq!(answer, format!("dnat-udp FROM {local}"));
+
+        // UDP through PAT: inet sees the VIP.
+        let answer =
+            t.h1.run(|| udp_ask(&udp_connected(H1, sa(INET, 7000)), "pat-udp"))
+                .unwrap();
+        assert_eq!(*from_addr(&answer).ip(), VIP, "{answer}");
+
+        // ICMP: echo to the VIP, answered by the gateway; echo from h1 to inet through PAT.
+        let n = t
+            .client
+            .run(|| probe::ping(VIP, 3, Duration::from_secs(10)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 3, "echo replies from the VIP");
+        let n =
+            t.h1.run(|| probe::ping(INET, 3, Duration::from_secs(10)))
+                .unwrap()
+                .unwrap();
+        assert_eq!(n, 3, "echo replies from inet to h1");
+    });
+    if t.is_vipgate() && mode == XdpMode::Drv && workers > 1 {
+        // Each worker polls its own queue: both queues of both interfaces carried traffic,
+        // so flows met a worker other than the one that created their connection.
+        for dev in [ifname::GW_PUBLIC, ifname::GW_PRIVATE] {
+            let stats =
+                t.gw.run(move || probe::ethtool_stats(dev))
+                    .unwrap()
+                    .unwrap();
+            for q in 0..workers {
+                let name = format!("rx_queue_{q}_xdp_packets");
+                let n = stats.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+                assert!(n.unwrap_or(0) > 0, "{dev} {name} = {n:?}; stats: {stats:?}");
+            }
+        }
+    }
+    let seen = web.stop();
+    let hellos: Vec<_> = seen
+        .iter()
+        .filter(|(l, _)| l.starts_with("HELLO c"))
+        .collect();
+    assert_eq!(hellos.len(), CONNS);
+    assert!(hellos.iter().all(|(_, p)| p.ip() == CLIENT));
+    assert!(dns.stop().iter().all(|(_, p)| p.ip() == CLIENT));
+    assert!(far.stop().iter().all(|(_, p)| p.ip() == VIP));
+    if let Some(c) = finish(t) {
+        // 64 + 2 TCP connections, 2 UDP, 1 ICMP query.
+        at_least(&c, "conns_created", CONNS as u64 + 2 + 2 + 1);
+        // Every byte of the bulk went through vipgate: at least one frame per 1500 bytes.
+        at_least(&c, "forwarded", ((BULK_LEN + UPLOAD_LEN) / 1500) as u64);
+        at_least(&c, "echo_replies", 3);
+        at_least(&c, "rx_frames", 1);
+        at_least(&c, "tx_frames", 1);
+    }
+}
+
+#[test]
+fn traffic_skb() {
+    run_traffic_suite(XdpMode::Skb, 1);
+}
+
+#[test]
+fn traffic_drv() {
+    run_traffic_suite(XdpMode::Drv, 1);
+}
+
+#[test]
+fn traffic_drv_two_workers_two_queues() {
+    run_traffic_suite(XdpMode::Drv, 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// PAT: two internal hosts, one source port, one destination
+
+#[test]
+fn pat_two_hosts_same_source_port() {
+    let Some(t) = topology(XdpMode::Drv, 2) else {
+        return;
+    };
+    let udp = UdpService::start(&t.inet, sa(INET, 7000));
+    let tcp = TcpService::start(&t.inet, sa(INET, 7001));
+    with_log(&t, || {
+        let bind_udp = |ns: &Netns, ip: Ipv4Addr| {
+            ns.run(move || {
+                let s = UdpSocket::bind((ip, 40000)).unwrap();
+                s.connect(sa(INET, 7000)).unwrap();
+                s
+            })
+            .unwrap()
+        };
+        let s1 = bind_udp(&t.h1, H1);
+        let s2 = bind_udp(&t.h2, H2);
+        let p1 = from_addr(&udp_ask(&s1, "udp-h1"));
+        let p2 = from_addr(&udp_ask(&s2, "udp-h2"));
+        assert_eq!((*p1.ip(), *p2.ip()), (VIP, VIP));
+        assert_ne!(p1.port(), p2.port(), "two hosts share a public port");
+        // Both mappings hold, each for its own host.
+        assert_eq!(from_addr(&udp_ask(&s1, "udp-h1-again")), p1);
+        assert_eq!(from_addr(&udp_ask(&s2, "udp-h2-again")), p2);
+
+        let connect_from = |ns: &Netns, ip: Ipv4Addr| {
+            ns.run(move || {
+                let mut s = None;
+                poll_until(DEADLINE, "a TCP connection to inet:7001", || {
+                    s = probe::tcp_connect_from(
+                        sa(ip, 40001),
+                        sa(INET, 7001),
+                        Duration::from_secs(3),
+                    )
+                    .ok();
+                    s.is_some()
+                })
+                .unwrap();
+                let s = s.unwrap();
+                s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                s
+            })
+            .unwrap()
+        };
+        let c1 = connect_from(&t.h1, H1);
+        let c2 = connect_from(&t.h2, H2);
+        assert_eq!(c1.local_addr().unwrap().port(), 40001);
+        assert_eq!(c2.local_addr().unwrap().port(), 40001);
+        let q1 = from_addr(&hello(&c1, "tcp-h1"));
+        let q2 = from_addr(&hello(&c2, "tcp-h2"));
+        assert_eq!((*q1.ip(), *q2.ip()), (VIP, VIP));
+        assert_ne!(
+            q1.port(),
+            q2.port(),
+            "two TCP connections share a public port"
+        );
+    });
+    // The servers' own records agree: two peers, both the VIP, distinct ports.
+    let udp_seen = udp.stop();
+    let peer_of = |seen: &[(String, SocketAddr)], prefix: &str| -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = seen
+            .iter()
+            .filter(|(m, _)| m.starts_with(prefix))
+            .map(|(_, p)| *p)
+            .collect();
+        v.dedup();
+        v
+    };
+    let (u1, u2) = (peer_of(&udp_seen, "udp-h1"), peer_of(&udp_seen, "udp-h2"));
+    assert_eq!((u1.len(), u2.len()), (1, 1), "{udp_seen:?}");
+    assert_ne!(u1[0], u2[0]);
+    assert!(udp_seen.iter().all(|(_, p)| p.ip() == VIP));
+    let tcp_seen = tcp.stop();
+    let (t1, t2) = (
+        peer_of(&tcp_seen, "HELLO tcp-h1"),
+        peer_of(&tcp_seen, "HELLO tcp-h2"),
+    );
+    assert_eq!((t1.len(), t2.len()), (1, 1), "{tcp_seen:?}");
+    assert_ne!(t1[0], t2[0]);
+    assert!(tcp_seen.iter().all(|(_, p)| p.ip() == VIP));
+    if let Some(c) = finish(t) {
+        exactly(&c, "pat_ports_exhausted", 0);
+        exactly(&c, "drop_tuple_clash", 0);
+        at_least(&c, "mappings_created", 4);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Hairpin: h2 reaches h1 through the VIP
+
+/// README "Hairpinning" (RFC 4787 REQ-9, RFC 5382 REQ-8): an internal host reaching a VIP
+/// gets there with its own source translated to its public mapping (here the VIP, the PAT
+/// address of 198.18.0.0/24), so h1 sees the VIP and its replies come back through the
+/// gateway.
+#[test]
+fn hairpin_through_the_vip() {
+    let Some(t) = topology(XdpMode::Skb, 1) else {
+        return;
+    };
+    let web = TcpService::start(&t.h1, sa(H1, 80));
+    let dns = UdpService::start(&t.h1, sa(H1, 5353));
+    with_log(&t, || {
+        let answer =
+            t.h2.run(|| hello(&connect(sa(VIP, 80)), "hairpin"))
+                .unwrap();
+        assert!(answer.starts_with("HELLO hairpin FROM "), "{answer}");
+        assert_eq!(*from_addr(&answer).ip(), VIP, "{answer}");
+        // A bulk transfer over the hairpin too: every segment makes the round.
+        t.h2.run(|| download(&connect(sa(VIP, 80)), 1 << 20, 3, |_| {}))
+            .unwrap()
+            .unwrap();
+        let answer =
+            t.h2.run(|| udp_ask(&udp_connected(H2, sa(VIP, 5353)), "hairpin-udp"))
+                .unwrap();
+        assert_eq!(*from_addr(&answer).ip(), VIP, "{answer}");
+    });
+    let seen = web.stop();
+    assert!(!seen.is_empty());
+    assert!(seen.iter().all(|(_, p)| p.ip() == VIP), "{seen:?}");
+    assert!(dns.stop().iter().all(|(_, p)| p.ip() == VIP));
+    finish(t);
+}
+
+// ---------------------------------------------------------------------------------------
+// ICMP errors from the far side, translated back to the internal host
+
+#[test]
+fn icmp_errors_reach_the_internal_host() {
+    let Some(t) = topology(XdpMode::Drv, 1) else {
+        return;
+    };
+    with_log(&t, || {
+        // Port unreachable from inet: the connected socket's recv fails with ECONNREFUSED.
+        let refused =
+            t.h1.run(|| {
+                let s = udp_connected(H1, sa(INET, 9));
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let mut buf = [0u8; 64];
+                for _ in 0..UDP_ATTEMPTS {
+                    if let Err(e) = s.send(b"anyone?") {
+                        return Err(format!("send: {e}"));
+                    }
+                    match s.recv(&mut buf) {
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(()),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(e) => return Err(format!("recv: {e}")),
+                        Ok(n) => return Err(format!("unexpected {n}-byte answer")),
+                    }
+                }
+                Err("no ECONNREFUSED".to_string())
+            })
+            .unwrap();
+        assert_eq!(refused, Ok(()));
+
+        // The same in detail, through IP_RECVERR: who sent it, type and code.
+        let recv_err = |ttl: Option<u8>, port: u16| {
+            t.h1.run(move || {
+                let s = udp_connected(H1, sa(INET, port));
+                if let Some(ttl) = ttl {
+                    probe::set_ttl(&s, ttl).unwrap();
+                }
+                probe::enable_recverr(&s).unwrap();
+                probe::udp_icmp_error(&s, b"probe", UDP_ATTEMPTS, Duration::from_secs(1)).unwrap()
+            })
+            .unwrap()
+            .expect("an ICMP error")
+        };
+        let r = recv_err(None, 9);
+        assert_eq!((r.icmp_type, r.icmp_code), (3, 3), "{r:?}");
+        assert_eq!(r.offender, Some(INET), "{r:?}");
+        assert_eq!(r.errno, libc::ECONNREFUSED);
+        assert_eq!(r.origin, libc::SO_EE_ORIGIN_ICMP);
+
+        // TTL 2: the gateway forwards with TTL 1, rtr's time exceeded comes back translated.
+        let r = recv_err(Some(2), 33434);
+        assert_eq!((r.icmp_type, r.icmp_code), (11, 0), "{r:?}");
+        assert_eq!(r.offender, Some(RTR_PUBLIC), "{r:?}");
+        assert_eq!(r.errno, libc::EHOSTUNREACH);
+
+        // TTL 1: the gateway itself answers, as a router, from its private address.
+        let r = recv_err(Some(1), 33435);
+        assert_eq!((r.icmp_type, r.icmp_code), (11, 0), "{r:?}");
+        assert_eq!(r.offender, Some(GW_PRIVATE), "{r:?}");
+    });
+    if let Some(c) = finish(t) {
+        at_least(&c, "icmp_time_exceeded", 1);
+        at_least(&c, "drop_ttl_exceeded", 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ARP
+
+#[test]
+fn arp_answers_for_our_addresses_only() {
+    let Some(t) = topology(XdpMode::Skb, 1) else {
+        return;
+    };
+    let pub_mac = t.gateway_mac(ifname::GW_PUBLIC).unwrap();
+    let priv_mac = t.gateway_mac(ifname::GW_PRIVATE).unwrap();
+    let ask = |ns: &Netns, dev: &'static str, sender: Ipv4Addr, target: Ipv4Addr| {
+        ns.run(move || probe::arp_query(dev, sender, target, 3, Duration::from_secs(2)))
+            .unwrap()
+            .unwrap()
+    };
+    with_log(&t, || {
+        let on_public = |target| ask(&t.rtr, ifname::RTR_GW, RTR_PUBLIC, target);
+        assert_eq!(on_public(VIP), Some(pub_mac), "ARP for the VIP");
+        assert_eq!(on_public(GW_PUBLIC), Some(pub_mac), "ARP for 203.0.113.1");
+        assert_eq!(
+            on_public(Ipv4Addr::new(203, 0, 113, 99)),
+            None,
+            "ARP for 203.0.113.99"
+        );
+        let on_private = |target| ask(&t.h1, ifname::HOST, H1, target);
+        assert_eq!(on_private(GW_PRIVATE), Some(priv_mac), "ARP for 198.18.0.1");
+        assert_eq!(on_private(VIP), None, "ARP for the VIP on the private side");
+    });
+    if let Some(c) = finish(t) {
+        at_least(&c, "arp_replies", 3);
+        // Two unanswered requests for each of the two addresses that are not ours here.
+        at_least(&c, "drop_arp_not_ours", 4);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Unknown destination
+
+#[test]
+fn unknown_destination_is_dropped_and_counted() {
+    const SENT: u64 = 25;
+    let Some(t) = topology(XdpMode::Skb, 1) else {
+        return;
+    };
+    let mac = t.gateway_mac(ifname::GW_PUBLIC).unwrap();
+    let mac = mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    // rtr sends 192.0.2.0/24 to the gateway; a permanent neighbor entry, so no datagram
+    // waits for (or is lost to) ARP on the way.
+    t.rtr
+        .exec(&["ip", "route", "add", "192.0.2.0/24", "via", "203.0.113.1"])
+        .unwrap();
+    t.rtr
+        .exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            "203.0.113.1",
+            "lladdr",
+            &mac,
+            "dev",
+            ifname::RTR_GW,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    with_log(&t, || {
+        t.client
+            .run(|| {
+                let s = UdpSocket::bind((CLIENT, 0)).unwrap();
+                for i in 0..SENT {
+                    s.send_to(
+                        format!("lost {i}").as_bytes(),
+                        (Ipv4Addr::new(192, 0, 2, 1), 9),
+                    )
+                    .unwrap();
+                }
+            })
+            .unwrap();
+        barrier(&t);
+    });
+    if let Some(c) = finish(t) {
+        at_least(&c, "drop_no_rule", SENT);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Malformed frames during a transfer
+
+/// A hand-made frame and the one counter it must land under.
+struct Malformed {
+    what: &'static str,
+    counter: &'static str,
+    frame: Vec<u8>,
+}
+
+fn with_checksum(mut ip: [u8; 20]) -> [u8; 20] {
+    ip[10] = 0;
+    ip[11] = 0;
+    let c = probe::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip
+}
+
+/// Frames from rtr to the gateway's public MAC, one per reason. Each passes every check
+/// before the one it is meant to fail.
+fn malformed_frames(gw: [u8; 6], me: [u8; 6]) -> Vec<Malformed> {
+    let eth = |ty: u16| probe::ethernet(gw, me, ty);
+    let udp = {
+        let mut u = vec![0x13, 0x88, 0x14, 0xe9, 0, 12, 0, 0];
+        u.extend_from_slice(b"abcd");
+        u
+    };
+    let frame = |ip: [u8; 20], payload: &[u8]| {
+        let mut f = eth(0x0800);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(payload);
+        f
+    };
+    let header = |proto: u8, len: usize| probe::ipv4_header(RTR_PUBLIC, VIP, proto, len, 0x4242);
+    let mut v = Vec::new();
+    let mut add = |what, counter, frame| {
+        v.push(Malformed {
+            what,
+            counter,
+            frame,
+        })
+    };
+
+    add("Ethernet header alone", "drop_truncated", eth(0x0800));
+    let mut f = eth(0x0800);
+    f.extend_from_slice(&header(17, udp.len())[..12]);
+    add("IPv4 header cut at 12 bytes", "drop_truncated", f);
+    add(
+        "total length beyond the frame",
+        "drop_truncated",
+        frame(header(17, 100), &udp),
+    );
+
+    let mut bad_sum = header(17, udp.len());
+    bad_sum[10] ^= 0x5a;
+    add(
+        "bad header checksum",
+        "drop_bad_ipv4_checksum",
+        frame(bad_sum, &udp),
+    );
+    let mut ihl4 = header(17, udp.len());
+    ihl4[0] = 0x44;
+    add(
+        "IHL 4",
+        "drop_bad_ipv4_header",
+        frame(with_checksum(ihl4), &udp),
+    );
+    let mut v6 = header(17, udp.len());
+    v6[0] = 0x65;
+    add(
+        "version 6 in an IPv4 frame",
+        "drop_bad_ipv4_header",
+        frame(with_checksum(v6), &udp),
+    );
+    let mut short_total = header(17, udp.len());
+    short_total[2..4].copy_from_slice(&16u16.to_be_bytes());
+    add(
+        "total length below the header length",
+        "drop_bad_ipv4_header",
+        frame(with_checksum(short_total), &udp),
+    );
+
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+    tcp[12] = 0x40;
+    tcp[13] = 0x02;
+    add(
+        "TCP data offset 4",
+        "drop_bad_tcp_header",
+        frame(header(6, 20), &tcp),
+    );
+    let mut first_frag = header(6, 8);
+    first_frag[6] = 0x20;
+    add(
+        "first fragment of 8 bytes (TCP)",
+        "drop_tiny_fragment",
+        frame(with_checksum(first_frag), &tcp[..8]),
+    );
+    let mut icmp = vec![3, 1, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&header(17, 8)[..12]);
+    let c = probe::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    add(
+        "ICMP error quoting 12 bytes",
+        "drop_bad_icmp_error",
+        frame(header(1, icmp.len()), &icmp),
+    );
+    add(
+        "source 127.0.0.1",
+        "drop_martian",
+        frame(
+            probe::ipv4_header(Ipv4Addr::LOCALHOST, VIP, 17, udp.len(), 1),
+            &udp,
+        ),
+    );
+    let mut arp = eth(0x0806);
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1, 1, 2]);
+    add("ARP cut at 10 bytes", "drop_arp_malformed", arp);
+    let mut ip6 = eth(0x86dd);
+    ip6.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 17, 64]);
+    ip6.extend_from_slice(&[0; 32]);
+    add("IPv6", "drop_ipv6", ip6);
+    let mut other = eth(0x88b5);
+    other.extend_from_slice(&[0; 46]);
+    add("ethertype 0x88b5", "drop_not_ip", other);
+    v
+}
+
+#[test]
+fn malformed_frames_are_dropped_and_counted() {
+    // Rounds of malformed frames, each sent while the download is part way.
+    const ROUNDS: usize = 16;
+    let Some(t) = topology(XdpMode::Drv, 1) else {
+        return;
+    };
+    let web = TcpService::start(&t.h1, sa(H1, 80));
+    let gw_mac = t.gateway_mac(ifname::GW_PUBLIC).unwrap();
+    let rtr_mac = t
+        .rtr
+        .run(|| probe::interface_mac(ifname::RTR_GW))
+        .unwrap()
+        .unwrap();
+    let frames = malformed_frames(gw_mac, rtr_mac);
+    let mut expected: Vec<(&'static str, u64)> = Vec::new();
+    for m in &frames {
+        match expected.iter_mut().find(|(c, _)| *c == m.counter) {
+            Some((_, n)) => *n += ROUNDS as u64,
+            None => expected.push((m.counter, ROUNDS as u64)),
+        }
+    }
+    // A frame for another host's MAC, dropped before parsing; other segments' floods may
+    // add to that counter, so it is checked as a minimum.
+    let stray_frames = vec![probe::ipv4_frame(
+        [0x02, 0, 0x5e, 0, 0x53, 0x99],
+        rtr_mac,
+        RTR_PUBLIC,
+        VIP,
+        17,
+        &[0x13, 0x88, 0x14, 0xe9, 0, 8, 0, 0],
+    )];
+
+    with_log(&t, || {
+        let (round_tx, round_rx) = mpsc::channel::<usize>();
+        let (done_tx, done_rx) = mpsc::channel::<usize>();
+        let sender = t
+            .rtr
+            .enter_thread(move || -> Result<(), String> {
+                let link = probe::RawLink::open(ifname::RTR_GW).map_err(|e| e.to_string())?;
+                for _ in 0..ROUNDS {
+                    let round = round_rx
+                        .recv_timeout(DEADLINE)
+                        .map_err(|e| format!("waiting for the download: {e}"))?;
+                    for m in &frames {
+                        link.send(&m.frame)
+                            .map_err(|e| format!("sending {}: {e}", m.what))?;
+                    }
+                    for f in &stray_frames {
+                        link.send(f)
+                            .map_err(|e| format!("sending a stray frame: {e}"))?;
+                    }
+                    done_tx
+                        .send(round)
+                        .map_err(|e| format!("reporting round {round}: {e}"))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let blocks_total = BULK_LEN.div_ceil(BLOCK);
+        let every = blocks_total / ROUNDS;
+        let downloaded = t
+            .client
+            .run(move || {
+                let s = connect(sa(VIP, 80));
+                let mut round = 0;
+                download(&s, BULK_LEN, 5, |block| {
+                    if block % every == 0 && round < ROUNDS {
+                        // Pause the reader (the transfer stays open, held by TCP flow
+                        // control) while rtr sends a round of malformed frames.
+                        round_tx.send(round).unwrap();
+                        let r = done_rx.recv_timeout(DEADLINE).expect("the frame sender");
+                        assert_eq!(r, round);
+                        round += 1;
+                    }
+                })
+                .map(|()| round)
+            })
+            .unwrap();
+        assert_eq!(
+            downloaded,
+            Ok(ROUNDS),
+            "download with malformed frames interleaved"
+        );
+        sender.join().unwrap().unwrap();
+        barrier(&t);
+    });
+    web.stop();
+    if let Some(c) = finish(t) {
+        for (counter, n) in &expected {
+            exactly(&c, counter, *n);
+        }
+        at_least(&c, "drop_other_mac", ROUNDS as u64);
+    }
+}
