@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 use vipgate_config::Config;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Err(e) = Config::from_toml_str(text, HashMap::new()) {
         let msg = e.to_string();
         assert!(!msg.is_empty() && !msg.contains('\n'), "{msg:?}");
