@@ -373,14 +373,12 @@ impl XdpPorts {
             // Two rounds: xdpilone serves a reservation from its cached view of the kernel's
             // consumer head, which only refreshes once the cached space is used up.
             for _ in 0..2 {
-                if pool.free_count() == 0 {
-                    break;
-                }
                 let mut w = p.dev.fill(ring);
                 let cap = w.capacity();
                 if cap == 0 {
                     break;
                 }
+                // An empty pool with room in the fill ring is a shortfall too: counted below.
                 // Bounded by `cap` so the zip inside `insert` never pulls a chunk it cannot place.
                 let n = w.insert(PoolDrain { pool, left: cap });
                 w.commit();

@@ -2,7 +2,7 @@
 //! veth pairs created directly inside them, processes killed and reaped when their guard
 //! goes, threads that run inside a namespace, bounded polling, small raw-socket probes (ICMP
 //! echo, ARP, hand-made frames, ICMP errors through `IP_RECVERR`, driver statistics), and the
-//! test topology of notes/contracts.md with the gateway as a parameter
+//! test topology (the lab of scripts/lab.sh) with the gateway as a parameter
 //! ([`topology::Gateway`]).
 //!
 //! Everything here runs as root and only inside namespaces it created: nothing is added to

@@ -169,7 +169,9 @@ pub(crate) fn run(cfg: &Config) -> Result<Totals, String> {
                             }
                         }
                     }
-                    Some(worker_totals(&pipeline, &lp))
+                    let mut totals = worker_totals(&pipeline, &lp);
+                    add_totals(&mut totals, &kernel_totals(lp.ports()));
+                    Some(totals)
                 })
                 .map_err(|e| format!("worker {w}: cannot start a thread: {e}"))?;
             handles.push(handle);
@@ -239,6 +241,30 @@ fn worker_totals<P: vipgate_io::Ports>(
     t.push(("port_alloc_failed".into(), port.alloc_failed));
     t.push(("tx_no_buffer".into(), lp.counters.tx_no_buffer));
     t
+}
+
+/// The kernel's own drop counters of a worker's sockets, summed over its ports: frames the
+/// kernel could not hand to the worker (its RX ring full, no free buffer in the fill ring)
+/// never reach the pipeline's counters.
+fn kernel_totals(ports: &XdpPorts) -> Totals {
+    let mut sum = vipgate_io::KernelStats::default();
+    for i in 0..ports.count() {
+        match ports.kernel_stats(i) {
+            Ok(k) => {
+                sum.rx_dropped += k.rx_dropped;
+                sum.rx_ring_full += k.rx_ring_full;
+                sum.rx_fill_ring_empty += k.rx_fill_ring_empty;
+                sum.tx_invalid_descs += k.tx_invalid_descs;
+            }
+            Err(e) => tracing::warn!(port = i, error = %e, "cannot read the socket's statistics"),
+        }
+    }
+    vec![
+        ("xsk_rx_dropped".into(), sum.rx_dropped),
+        ("xsk_rx_ring_full".into(), sum.rx_ring_full),
+        ("xsk_rx_fill_ring_empty".into(), sum.rx_fill_ring_empty),
+        ("xsk_tx_invalid_descs".into(), sum.tx_invalid_descs),
+    ]
 }
 
 /// Adds `more` into `totals` by name, keeping first-seen order.

@@ -1,6 +1,6 @@
 //! System tests: real kernel TCP, UDP and ICMP through vipgate on veth pairs with AF_XDP, in
 //! network namespaces each test creates and always removes (crate vipgate-netns; topology in
-//! notes/contracts.md and vipgate_netns::topology).
+//! vipgate_netns::topology).
 //!
 //! Root only: every test first calls `require_root_and_netns()` and, where it cannot run,
 //! returns after a loud `SKIP:` on stderr. Each test builds its own topology with unique
@@ -597,6 +597,8 @@ fn run_traffic_suite(mode: XdpMode, workers: u32) {
         at_least(&c, "echo_replies", 3);
         at_least(&c, "rx_frames", 1);
         at_least(&c, "tx_frames", 1);
+        // The kernel accepted every descriptor vipgate put in its TX rings.
+        exactly(&c, "xsk_tx_invalid_descs", 0);
     }
 }
 
