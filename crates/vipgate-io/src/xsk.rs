@@ -520,18 +520,7 @@ impl XdpPort {
                     0,
                 )
             };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                if !transient(e.raw_os_error()) {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!(
-                            "AF_XDP TX wakeup on {} queue {}: {e}",
-                            self.ifname, self.queue
-                        ),
-                    ));
-                }
-            }
+            self.wakeup_result(rc, "TX")?;
             if self.tx.pending() >= before {
                 return Ok(());
             }
@@ -554,19 +543,26 @@ impl XdpPort {
                 std::ptr::null_mut(),
             )
         };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if !transient(e.raw_os_error()) {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!(
-                        "AF_XDP RX wakeup on {} queue {}: {e}",
-                        self.ifname, self.queue
-                    ),
-                ));
-            }
+        self.wakeup_result(rc, "RX")
+    }
+
+    /// A wakeup's return code as a result: transient refusals are fine (the next pass tries
+    /// again); anything else names the port.
+    fn wakeup_result(&self, rc: libc::ssize_t, ring: &str) -> io::Result<()> {
+        if rc >= 0 {
+            return Ok(());
         }
-        Ok(())
+        let e = io::Error::last_os_error();
+        if transient(e.raw_os_error()) {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            e.kind(),
+            format!(
+                "AF_XDP {ring} wakeup on {} queue {}: {e}",
+                self.ifname, self.queue
+            ),
+        ))
     }
 }
 
