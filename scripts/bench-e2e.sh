@@ -34,8 +34,10 @@
 #
 # Options: --rounds N (3), --seconds S (5, the measurement window), --gateways LIST
 # (kernel,nft,vg-skb,vg-drv), --flows N (1024), --rate PPS (100000; 0 = flood only).
-# Environment: LAB_NO_APT=1 (skip apt when every tool is present), VIPGATE_BIN (a vipgate binary
-# instead of building one); without a vipgate binary that builds, its rows are skipped loudly.
+# Environment: LAB_NO_APT=1 (skip apt when every tool is present), LAB_VIPGATE_BIN (a vipgate
+# binary instead of building one); without a vipgate binary that builds, its rows are skipped
+# loudly. VIPGATE_* variables reach vipgate as configuration overrides, e.g.
+# VIPGATE_XDP__RING=4096.
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -122,8 +124,8 @@ for gw in "${gw_list[@]}"; do
     [[ $gw != vg-* ]] || want_vipgate=1
 done
 if ((want_vipgate)); then
-    if [[ -n ${VIPGATE_BIN:-} ]]; then
-        vipgate=$VIPGATE_BIN
+    if [[ -n ${LAB_VIPGATE_BIN:-} ]]; then
+        vipgate=$LAB_VIPGATE_BIN
     else
         vg_log "building vipgate (cargo build --release -p vipgate)"
         if vg_cargo "$repo_root" build --release -q -p vipgate; then

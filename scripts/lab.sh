@@ -14,8 +14,9 @@
 #   --keep        leave the lab running after the checks, until Ctrl-C, and print commands to try
 #   --mode MODE   XDP attach mode: skb (generic, the config's default) or drv (native)
 # Environment:
-#   LAB_NO_APT=1  skip apt-get when every needed command is already installed
-#   VIPGATE_BIN   use this vipgate binary instead of building one
+#   LAB_NO_APT=1     skip apt-get when every needed command is already installed
+#   LAB_VIPGATE_BIN  use this vipgate binary instead of building one (not VIPGATE_*: vipgate
+#                    reads every VIPGATE_* variable as a configuration key)
 #
 # Everything it creates (namespaces vglab-<pid>-*, their veths, servers, vipgate) is removed on
 # exit, error or Ctrl-C. Exit status: 0 when every step passed.
@@ -69,7 +70,7 @@ tools=(ip:iproute2 ethtool:ethtool curl:curl python3:python3 ping:iputils-ping
     traceroute:traceroute ps:procps)
 if [[ $gateway == kernel ]]; then
     tools+=(nft:nftables)
-elif [[ -z ${VIPGATE_BIN:-} ]]; then
+elif [[ -z ${LAB_VIPGATE_BIN:-} ]]; then
     # The Rust toolchain links with the system C compiler and C library; crates.io needs CA
     # certificates.
     tools+=(cc:gcc /usr/include/stdio.h:libc6-dev update-ca-certificates:ca-certificates)
@@ -162,8 +163,8 @@ trap 'exit 143' TERM
 
 if [[ $gateway == vipgate ]]; then
     [[ -f $CONFIG ]] || vg_die "$CONFIG not found"
-    if [[ -n ${VIPGATE_BIN:-} ]]; then
-        vipgate=$VIPGATE_BIN
+    if [[ -n ${LAB_VIPGATE_BIN:-} ]]; then
+        vipgate=$LAB_VIPGATE_BIN
     else
         vg_log "building vipgate (cargo build --release -p vipgate)"
         vg_cargo "$repo_root" build --release -p vipgate
