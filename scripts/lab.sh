@@ -320,27 +320,27 @@ if [[ $gateway == vipgate ]]; then
     esac
 fi
 
+# curl_step TEXT NS URL WANT — one PASS/FAIL line: curl URL from NS must succeed and its
+# answer contain WANT (a fixed string).
+curl_step() {
+    local text=$1 ns=$2 url=$3 want=$4 out rc=0
+    out=$(mktemp "$workdir/curl.XXXXXX")
+    ip netns exec "$ns" curl -sS --max-time 5 "$url" >"$out" 2>&1 || rc=$?
+    if ((rc == 0)) && grep -qF "$want" "$out"; then
+        result 0 "$text: $(cat "$out")"
+    else
+        result 1 "$text: want an answer containing \"$want\" (curl status $rc)"
+        show "$out"
+    fi
+}
+
 # (a) DNAT: VIP:80 reaches h1.
-out=$workdir/a.out
-rc=0
-ip netns exec "$ns_client" curl -sS --max-time 5 "http://$VIP/" >"$out" 2>&1 || rc=$?
-if ((rc == 0)) && grep -qx "hello from h1 ($H1)" "$out"; then
-    result 0 "(a) DNAT: client curl http://$VIP/ answered by h1: $(cat "$out")"
-else
-    result 1 "(a) DNAT: client curl http://$VIP/ (curl status $rc)"
-    show "$out"
-fi
+curl_step "(a) DNAT: client curl http://$VIP/ answered by h1" "$ns_client" "http://$VIP/" \
+    "hello from h1 ($H1)"
 
 # (b) PAT: h1 reaches the internet host, which sees the VIP as the source.
-out=$workdir/b.out
-rc=0
-ip netns exec "$ns_h1" curl -sS --max-time 5 "http://$INET/" >"$out" 2>&1 || rc=$?
-if ((rc == 0)) && grep -q "inet sees you as $VIP port" "$out"; then
-    result 0 "(b) PAT: h1 curl http://$INET/ answered; $(cat "$out")"
-else
-    result 1 "(b) PAT: h1 curl http://$INET/ should be seen from $VIP (curl status $rc)"
-    show "$out"
-fi
+curl_step "(b) PAT: h1 curl http://$INET/ answered" "$ns_h1" "http://$INET/" \
+    "inet sees you as $VIP port"
 
 # (c) ICMP echo to the VIP, answered by the gateway itself.
 out=$workdir/c.out
