@@ -378,10 +378,13 @@ impl XdpPorts {
                 if cap == 0 {
                     break;
                 }
-                // An empty pool with room in the fill ring is a shortfall too: counted below.
                 // Bounded by `cap` so the zip inside `insert` never pulls a chunk it cannot place.
                 let n = w.insert(PoolDrain { pool, left: cap });
-                w.commit();
+                // Nothing to publish from an empty pool: dropping `w` cancels the reservation
+                // without touching the ring's producer line, and the shortfall is still counted.
+                if n > 0 {
+                    w.commit();
+                }
                 if n < cap {
                     p.stats.alloc_failed += 1;
                     break;
