@@ -45,6 +45,8 @@ pub struct DataplaneCounters {
     pub gateway_echo_replies: u64,
     /// Frames not sent because no buffer was free.
     pub drop_no_buffer: u64,
+    /// Datagrams not translated because this box is standby (see [`crate::Dataplane::set_active`]).
+    pub drop_standby: u64,
 }
 
 impl DataplaneCounters {
@@ -58,7 +60,7 @@ impl DataplaneCounters {
     }
 
     /// Every counter as (name, value), for logs and the shutdown report.
-    pub fn named(&self) -> [(&'static str, u64); 20] {
+    pub fn named(&self) -> [(&'static str, u64); 21] {
         [
             ("rx_frames", self.rx_frames),
             ("tx_frames", self.tx_frames),
@@ -80,6 +82,7 @@ impl DataplaneCounters {
             ("icmp_rate_limited", self.icmp_rate_limited),
             ("gateway_echo_replies", self.gateway_echo_replies),
             ("drop_no_buffer", self.drop_no_buffer),
+            ("drop_standby", self.drop_standby),
         ]
     }
 }

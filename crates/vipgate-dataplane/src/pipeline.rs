@@ -8,10 +8,11 @@
 
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use vipgate_nat::counters::DropReason;
 use vipgate_nat::engine::EngineError;
-use vipgate_nat::policy::{Ipv4Net, NatConfig};
+use vipgate_nat::policy::{Ipv4Net, NatConfig, Policy};
 use vipgate_nat::{Engine, Side, Verdict, Worker};
 use vipgate_wire::arp::{ArpOp, ArpRepr, BROADCAST};
 use vipgate_wire::rewrite::{decrement_ttl, echo_request_to_reply, set_macs};
@@ -99,18 +100,22 @@ pub trait Emit {
     fn emit(&mut self, iface: usize, build: &mut dyn FnMut(&mut [u8]) -> Option<usize>) -> bool;
 }
 
-/// State shared by every worker: the engine, the neighbor table, interfaces and routes.
+/// State shared by every worker: the engine, the neighbor table, interfaces and routes, and
+/// the active/standby gate.
 #[derive(Debug)]
 pub struct Dataplane {
     engine: Engine,
     neighbors: NeighborTable,
     interfaces: Vec<Interface>,
     routes: Routes,
-    /// Per interface, the addresses it answers ARP for.
-    arp_addrs: Vec<Vec<Ipv4Addr>>,
     icmp_rate: u32,
     frame_size: usize,
     reclaim_budget: u32,
+    /// The gate: a standby box answers no ARP for its VIPs and PAT addresses and translates
+    /// nothing, but keeps its connection table. Read per frame, written on a role change.
+    active: AtomicBool,
+    /// Bumped to ask worker 0 for a gratuitous ARP announcement at its next tick.
+    announce: AtomicU64,
 }
 
 /// Milliseconds between two reclaim steps of a worker.
@@ -151,30 +156,38 @@ impl Dataplane {
         routes.extend(config.routes.iter().copied());
         let sides: Vec<Side> = config.interfaces.iter().map(|i| i.side).collect();
         let routes = Routes::new(&routes, |i| sides.get(i).copied());
-        let owned = engine.policy().owned_addrs(engine.config());
-        let arp_addrs = config
-            .interfaces
-            .iter()
-            .map(|i| {
-                let mut addrs = vec![i.addr];
-                if i.side == Side::Public {
-                    addrs.extend(owned.iter().filter(|a| i.net.contains(**a)));
-                }
-                addrs.sort();
-                addrs.dedup();
-                addrs
-            })
-            .collect();
         Ok(Dataplane {
             engine,
             neighbors: NeighborTable::new(config.neighbors),
             interfaces: config.interfaces,
             routes,
-            arp_addrs,
             icmp_rate: config.icmp_rate,
             frame_size: config.frame_size,
             reclaim_budget,
+            active: AtomicBool::new(true),
+            announce: AtomicU64::new(0),
         })
+    }
+
+    /// Opens (`true`) or closes the gate. Opening asks for a gratuitous ARP announcement of
+    /// every VIP and PAT address, sent by worker 0 at its next tick, so that neighbors turn
+    /// to this box at once.
+    pub fn set_active(&self, active: bool) {
+        let was = self.active.swap(active, Ordering::AcqRel);
+        if active && !was {
+            self.request_announce();
+        }
+    }
+
+    /// Whether the gate is open.
+    #[inline]
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Asks worker 0 to announce every address with gratuitous ARP at its next tick.
+    pub fn request_announce(&self) {
+        self.announce.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The NAT engine.
@@ -192,10 +205,33 @@ impl Dataplane {
         &self.interfaces
     }
 
-    /// The addresses interface `iface` answers ARP for: its own, and on the public side
-    /// the VIPs and PAT addresses in its subnet.
-    pub fn arp_addrs(&self, iface: usize) -> &[Ipv4Addr] {
-        self.arp_addrs.get(iface).map_or(&[], Vec::as_slice)
+    /// The addresses interface `iface` answers ARP for under `policy`: its own, and on the
+    /// public side while the gate is open, the VIPs and PAT addresses in its subnet.
+    pub fn arp_addrs(&self, iface: usize, policy: &Policy) -> Vec<Ipv4Addr> {
+        let Some(ifc) = self.interfaces.get(iface) else {
+            return Vec::new();
+        };
+        let mut addrs = vec![ifc.addr];
+        if ifc.side == Side::Public && self.is_active() {
+            addrs.extend(
+                policy
+                    .owned_addrs()
+                    .iter()
+                    .filter(|a| ifc.net.contains(**a) && **a != ifc.addr),
+            );
+        }
+        addrs
+    }
+
+    /// Whether interface `ifc` answers ARP for `addr` under `policy` (see
+    /// [`Dataplane::arp_addrs`]).
+    #[inline]
+    fn answers_arp(&self, ifc: &Interface, addr: Ipv4Addr, policy: Option<&Policy>) -> bool {
+        addr == ifc.addr
+            || (ifc.side == Side::Public
+                && ifc.net.contains(addr)
+                && self.is_active()
+                && policy.is_some_and(|p| p.is_owned(addr)))
     }
 
     fn is_interface_addr(&self, a: Ipv4Addr) -> bool {
@@ -224,6 +260,7 @@ impl Dataplane {
             icmp_refilled_ms: 0,
             ident: worker.wrapping_mul(0x1000),
             next_reclaim_ms: 0,
+            announced: self.announce.load(Ordering::Acquire),
         }
     }
 
@@ -378,6 +415,8 @@ pub struct Pipeline<'d> {
     icmp_refilled_ms: u64,
     ident: u16,
     next_reclaim_ms: u64,
+    /// The announcement requests worker 0 has served.
+    announced: u64,
 }
 
 fn read_addr(frame: &[u8], at: usize) -> Option<Ipv4Addr> {
@@ -474,7 +513,11 @@ impl<'d> Pipeline<'d> {
             self.counters.drop_arp_malformed += 1;
             return Action::Release;
         };
-        let for_us = dp.arp_addrs(iface).contains(&arp.target_ip);
+        let for_us = dp.answers_arp(
+            ifc,
+            arp.target_ip,
+            self.worker.snapshot().map(|s| s.policy()),
+        );
         let sender_ok = !arp.sender_ip.is_unspecified()
             && arp.sender_ip != ifc.addr
             && ifc.net.contains(arp.sender_ip)
@@ -538,9 +581,18 @@ impl<'d> Pipeline<'d> {
             self.counters.drop_to_gateway += 1;
             return Action::Release;
         }
+        if !dp.is_active() {
+            self.counters.drop_standby += 1;
+            return Action::Release;
+        }
         // A router decrements TTL on forwarding; pings the engine answers for its own
         // addresses are not forwarded.
-        if l.ttl <= 1 && !(echo_request && dp.engine.policy().is_owned(l.dst)) {
+        let owned = |a| {
+            self.worker
+                .snapshot()
+                .is_some_and(|s| s.policy().is_owned(a))
+        };
+        if l.ttl <= 1 && !(echo_request && owned(l.dst)) {
             self.counters.drop_ttl_exceeded += 1;
             return self.time_exceeded(iface, buf, l, now_ms);
         }
@@ -612,6 +664,14 @@ impl<'d> Pipeline<'d> {
     /// hop never did are dropped, ARP requests are retried, fragments the engine held are
     /// released, and expired connections are reclaimed a slice at a time.
     pub fn tick(&mut self, now_ms: u64, out: &mut impl Emit) {
+        self.dp.engine.refresh(&mut self.worker);
+        if self.worker.id() == 0 {
+            let asked = self.dp.announce.load(Ordering::Acquire);
+            if asked != self.announced {
+                self.announced = asked;
+                self.announce(out);
+            }
+        }
         if self.hold.count > 0 {
             self.release_held(now_ms, out);
         }
@@ -689,9 +749,12 @@ impl<'d> Pipeline<'d> {
     /// and later on taking over), so neighbors point them at us at once.
     pub fn announce(&mut self, out: &mut impl Emit) {
         let dp = self.dp;
+        let Some(snap) = self.worker.snapshot() else {
+            return;
+        };
         for (iface, ifc) in dp.interfaces.iter().enumerate() {
-            for addr in dp.arp_addrs(iface) {
-                let garp = ArpRepr::gratuitous(ifc.mac, *addr);
+            for addr in dp.arp_addrs(iface, snap.policy()) {
+                let garp = ArpRepr::gratuitous(ifc.mac, addr);
                 let sent = out.emit(iface, &mut |b| garp.emit_frame(b, None).ok());
                 if sent {
                     self.counters.arp_announcements += 1;
@@ -703,8 +766,17 @@ impl<'d> Pipeline<'d> {
 
     /// Every counter of this worker, the engine's and the data plane's, by name.
     pub fn named_counters(&self) -> Vec<(&'static str, u64)> {
-        let mut v = self.worker.counters.named();
-        v.extend(self.counters.named());
+        let mut v = Vec::new();
+        self.for_each_counter(|n, c| v.push((n, c)));
         v
+    }
+
+    /// Calls `f` with every counter of this worker, always in the same order, allocating
+    /// nothing.
+    pub fn for_each_counter(&self, mut f: impl FnMut(&'static str, u64)) {
+        self.worker.counters.for_each(&mut f);
+        for (n, c) in self.counters.named() {
+            f(n, c);
+        }
     }
 }

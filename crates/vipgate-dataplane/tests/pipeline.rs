@@ -497,6 +497,63 @@ fn startup_announces_every_address_with_gratuitous_arp() {
     assert_eq!(seen, vec![(PUB, PUB_IP), (PUB, VIP), (PRIV, PRIV_IP)]);
 }
 
+#[test]
+fn standby_keeps_quiet_for_the_vips_and_active_announces_and_forwards_at_once() {
+    let dp = dataplane(10);
+    let mut p = dp.pipeline(0);
+    let mut out = Sent::default();
+    learn(&mut p, PRIV, H1, H1_MAC, PRIV_IP, PRIV_MAC, 0);
+    learn(&mut p, PUB, RTR, RTR_MAC, PUB_IP, PUB_MAC, 0);
+    let syn = |sport| {
+        to(
+            testing::tcp(CLIENT, VIP, sport, 80, 0x02, b""),
+            PUB_MAC,
+            RTR_MAC,
+        )
+    };
+    let ask = |target| arp_frame(ArpOp::Request, RTR_MAC, RTR, [0; 6], target);
+    assert!(matches!(
+        run(&mut p, PUB, &syn(1000), 1, &mut out).0,
+        Action::Send { iface: PRIV, .. }
+    ));
+
+    dp.set_active(false);
+    assert!(!dp.is_active());
+    assert_eq!(run(&mut p, PUB, &ask(VIP), 2, &mut out).0, Action::Release);
+    assert!(matches!(
+        run(&mut p, PUB, &ask(PUB_IP), 2, &mut out).0,
+        Action::Send { .. }
+    ));
+    // Neither the connection that exists nor a new one passes; both stay in the table.
+    let data = to(
+        testing::tcp(CLIENT, VIP, 1000, 80, 0x10, b"x"),
+        PUB_MAC,
+        RTR_MAC,
+    );
+    assert_eq!(run(&mut p, PUB, &data, 2, &mut out).0, Action::Release);
+    assert_eq!(run(&mut p, PUB, &syn(1001), 2, &mut out).0, Action::Release);
+    assert_eq!(counter(&p, "drop_standby"), 2);
+    assert_eq!(dp.engine().table().len(), 1);
+    p.tick(3, &mut out);
+    assert!(out.0.is_empty(), "a standby announces nothing");
+
+    dp.set_active(true);
+    p.tick(4, &mut out);
+    let announced: Vec<Ipv4Addr> = out.0.iter().map(|(_, f)| arp_of(f).sender_ip).collect();
+    assert!(announced.contains(&VIP), "{announced:?}");
+    out.0.clear();
+    p.tick(5, &mut out);
+    assert!(out.0.is_empty(), "one announcement per opening");
+    assert!(matches!(
+        run(&mut p, PUB, &data, 6, &mut out).0,
+        Action::Send { iface: PRIV, .. }
+    ));
+    assert!(matches!(
+        run(&mut p, PUB, &ask(VIP), 6, &mut out).0,
+        Action::Send { .. }
+    ));
+}
+
 proptest! {
     #[test]
     fn arbitrary_frames_never_panic_and_are_counted_once(

@@ -185,19 +185,26 @@ impl Counters {
 
     /// Every counter as (name, value), for logs and metrics.
     pub fn named(&self) -> Vec<(&'static str, u64)> {
-        let mut v = vec![
-            ("forwarded", self.forwarded),
-            ("echo_replies", self.echo_replies),
-            ("conns_created", self.conns_created),
-            ("mappings_created", self.mappings_created),
-            ("reclaimed", self.reclaimed),
-            ("events_lost", self.events_lost),
-            ("frag_evictions", self.frag_evictions),
-            ("frags_held", self.frags_held),
-            ("frags_released", self.frags_released),
-        ];
-        v.extend(DropReason::ALL.iter().map(|r| (r.name(), self.drops(*r))));
+        let mut v = Vec::new();
+        self.for_each(|n, c| v.push((n, c)));
         v
+    }
+
+    /// Calls `f` with every counter's name and value, always in the same order, allocating
+    /// nothing (a worker publishes its counters this way while it runs).
+    pub fn for_each(&self, mut f: impl FnMut(&'static str, u64)) {
+        f("forwarded", self.forwarded);
+        f("echo_replies", self.echo_replies);
+        f("conns_created", self.conns_created);
+        f("mappings_created", self.mappings_created);
+        f("reclaimed", self.reclaimed);
+        f("events_lost", self.events_lost);
+        f("frag_evictions", self.frag_evictions);
+        f("frags_held", self.frags_held);
+        f("frags_released", self.frags_released);
+        for r in DropReason::ALL {
+            f(r.name(), self.drops(r));
+        }
     }
 }
 

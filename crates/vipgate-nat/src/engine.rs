@@ -8,6 +8,8 @@
 
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_queue::ArrayQueue;
 use vipgate_wire::frame::{Inner, InnerPorts, Layout, Parsed, Transport};
@@ -113,6 +115,9 @@ pub struct Worker {
     frags: FragCache,
     hold: FragHold,
     reclaim: ReclaimCursor,
+    /// The policy this worker translates with. `None` only while the engine lends it out
+    /// alongside the worker (see [`Engine::create`]).
+    snap: Option<Arc<Snapshot>>,
 }
 
 impl Worker {
@@ -120,6 +125,53 @@ impl Worker {
     pub fn id(&self) -> u16 {
         self.id
     }
+
+    /// The policy snapshot this worker runs, until [`Engine::refresh`] picks up a newer one.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snap.as_deref()
+    }
+}
+
+/// One compiled policy as the workers use it, immutable once published.
+#[derive(Debug)]
+pub struct Snapshot {
+    config: NatConfig,
+    policy: Policy,
+    /// Allocator indices of each PAT rule's addresses.
+    pat_addrs: Vec<Vec<usize>>,
+    generation: u64,
+}
+
+impl Snapshot {
+    /// The compiled policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The configuration it was compiled from (its sizing fields are the engine's, fixed at
+    /// start).
+    pub fn config(&self) -> &NatConfig {
+        &self.config
+    }
+
+    /// 1 for the policy the engine started with, one more for each publication.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+/// Where the control thread publishes snapshots and workers pick them up.
+///
+/// A worker reads `generation` (a line written only by a publication) between batches and
+/// takes the lock only when it changed: the packet path never locks and never touches the
+/// snapshot's reference count.
+#[derive(Debug)]
+struct PolicyCell {
+    generation: AtomicU64,
+    current: Mutex<Arc<Snapshot>>,
+    /// Snapshots replaced but maybe still held by a worker; the control thread frees them
+    /// once it holds the last reference, so a worker never frees one.
+    retired: Mutex<Vec<Arc<Snapshot>>>,
 }
 
 /// A PAT mapping a new connection holds a reference on.
@@ -145,12 +197,12 @@ pub const BATCH: usize = 32;
 /// The translation engine, shared by all workers.
 #[derive(Debug)]
 pub struct Engine {
+    /// The configuration at start: its sizing fields (capacity, workers, ports, fragments,
+    /// events) hold for the engine's life.
     config: NatConfig,
-    policy: Policy,
+    cell: PolicyCell,
     table: ConnTable,
     ports: PortAllocator,
-    /// Allocator indices of each PAT rule's addresses.
-    pat_addrs: Vec<Vec<usize>>,
     events: Vec<ArrayQueue<ConnEvent>>,
 }
 
@@ -270,31 +322,19 @@ impl Engine {
     pub fn new(config: NatConfig) -> Result<Engine, EngineError> {
         let policy = Policy::new(&config).map_err(EngineError::Policy)?;
         let table = ConnTable::new(config.capacity, config.timeouts).map_err(EngineError::Table)?;
-        let addrs = policy.owned_addrs(&config);
-        let ports = if addrs.is_empty() {
-            // A gateway without any public address translates nothing, but stays valid.
-            PortAllocator::new(
-                &[Ipv4Addr::UNSPECIFIED],
-                config.workers,
-                config.port_lo,
-                config.port_hi,
-                &[],
-            )
-        } else {
-            PortAllocator::new(
-                &addrs,
-                config.workers,
-                config.port_lo,
-                config.port_hi,
-                &policy.reserved_ports(),
-            )
-        }
+        // A gateway without any public address translates nothing, but stays valid.
+        let addrs = match policy.owned_addrs() {
+            [] => &[Ipv4Addr::UNSPECIFIED][..],
+            a => a,
+        };
+        let ports = PortAllocator::new(
+            addrs,
+            config.workers,
+            config.port_lo,
+            config.port_hi,
+            &policy.reserved_ports(),
+        )
         .map_err(EngineError::Ports)?;
-        let pat_addrs = config
-            .pat
-            .iter()
-            .map(|r| r.to.iter().filter_map(|a| ports.addr_index(*a)).collect())
-            .collect();
         let events = if config.event_queue == 0 {
             Vec::new()
         } else {
@@ -302,14 +342,87 @@ impl Engine {
                 .map(|_| ArrayQueue::new(config.event_queue))
                 .collect()
         };
-        Ok(Engine {
+        let snap = Snapshot {
+            pat_addrs: pat_addrs(&config, &ports),
+            config: config.clone(),
             policy,
+            generation: 1,
+        };
+        Ok(Engine {
+            cell: PolicyCell {
+                generation: AtomicU64::new(1),
+                current: Mutex::new(Arc::new(snap)),
+                retired: Mutex::new(Vec::new()),
+            },
             table,
             ports,
-            pat_addrs,
             events,
             config,
         })
+    }
+
+    /// Compiles the policy of `config` and publishes it to the workers, who pick it up
+    /// between batches. Only its policy fields count (VIPs, rules, pools, PAT, filtering,
+    /// timeouts); the sizing ones are the engine's from start. Connections that exist keep
+    /// their translation whatever the new policy says. Returns the new generation.
+    ///
+    /// # Errors
+    /// [`EngineError`] naming what is wrong; the running policy is then unchanged. (A new
+    /// public address that found no spare port-allocator slot stays known to the allocator,
+    /// unused.)
+    pub fn publish(&self, config: &NatConfig) -> Result<u64, EngineError> {
+        let policy = Policy::new(config).map_err(EngineError::Policy)?;
+        let mut current = self.cell.current.lock().unwrap_or_else(|e| e.into_inner());
+        for a in policy.owned_addrs() {
+            self.ports.add_addr(*a).map_err(EngineError::Ports)?;
+        }
+        self.ports
+            .set_reserved(&policy.reserved_ports())
+            .map_err(EngineError::Ports)?;
+        self.table.set_timeouts(policy.timeouts());
+        let mut sized = config.clone();
+        sized.capacity = self.config.capacity;
+        sized.workers = self.config.workers;
+        sized.port_lo = self.config.port_lo;
+        sized.port_hi = self.config.port_hi;
+        sized.frag_entries = self.config.frag_entries;
+        sized.frag_timeout = self.config.frag_timeout;
+        sized.frag_hold = self.config.frag_hold;
+        sized.event_queue = self.config.event_queue;
+        let generation = current.generation + 1;
+        let old = std::mem::replace(
+            &mut *current,
+            Arc::new(Snapshot {
+                pat_addrs: pat_addrs(&sized, &self.ports),
+                config: sized,
+                policy,
+                generation,
+            }),
+        );
+        self.cell.generation.store(generation, Ordering::Release);
+        drop(current);
+        let mut retired = self.cell.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.push(old);
+        retired.retain(|s| Arc::strong_count(s) > 1);
+        Ok(generation)
+    }
+
+    /// The snapshot published last (the control thread's view; workers may still run the
+    /// one before until their next batch).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.cell.current.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Lets worker `w` pick up the latest snapshot if one was published since it last
+    /// looked; call between batches. True if it changed.
+    #[inline]
+    pub fn refresh(&self, w: &mut Worker) -> bool {
+        let g = self.cell.generation.load(Ordering::Acquire);
+        if w.snap.as_ref().is_some_and(|s| s.generation == g) {
+            return false;
+        }
+        w.snap = Some(self.snapshot());
+        true
     }
 
     /// The state of worker `id` (0-based, below the configured number of workers).
@@ -321,17 +434,14 @@ impl Engine {
             frags: FragCache::new(self.config.frag_entries, self.config.frag_timeout),
             hold: FragHold::new(self.config.frag_hold, self.config.frag_timeout),
             reclaim: ReclaimCursor::new(u32::from(id), u32::from(self.config.workers.max(1))),
+            snap: Some(self.snapshot()),
         }
     }
 
-    /// The configuration the engine runs.
+    /// The configuration the engine started with: its sizing fields hold for the engine's
+    /// life; for the policy in force see [`Engine::snapshot`].
     pub fn config(&self) -> &NatConfig {
         &self.config
-    }
-
-    /// The compiled policy.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
     }
 
     /// The connection table.
@@ -630,7 +740,28 @@ impl Engine {
         ingress: Side,
         now: u32,
     ) -> Created {
-        let to_us = self.policy.is_owned(l.dst);
+        // The snapshot is moved out for the call and back, so that it can be read alongside
+        // the mutable worker without touching its shared reference count.
+        let Some(snap) = w.snap.take() else {
+            return Created::Done(Verdict::Drop(DropReason::NoRule));
+        };
+        let created = self.create_with(&snap, w, frame, l, key, ingress, now);
+        w.snap = Some(snap);
+        created
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_with(
+        &self,
+        snap: &Snapshot,
+        w: &mut Worker,
+        frame: &mut [u8],
+        l: &Layout,
+        key: &FlowKey,
+        ingress: Side,
+        now: u32,
+    ) -> Created {
+        let to_us = snap.policy.is_owned(l.dst);
         if to_us && matches!(l.transport, Transport::IcmpEcho { request: true, .. }) {
             return Created::Done(match echo_request_to_reply(frame, l, 64) {
                 Ok(()) => Verdict::Reply,
@@ -644,9 +775,9 @@ impl Engine {
             return Created::Done(Verdict::Drop(r));
         }
         match (ingress, to_us) {
-            (Side::Public, _) => self.inbound(w, key, now),
-            (Side::Private, true) => self.hairpin(w, key, now),
-            (Side::Private, false) => self.outbound(w, key, now),
+            (Side::Public, _) => self.inbound(snap, w, key, now),
+            (Side::Private, true) => self.hairpin(snap, w, key, now),
+            (Side::Private, false) => self.outbound(snap, w, key, now),
         }
     }
 
@@ -655,30 +786,27 @@ impl Engine {
     /// port, backend, and the mapping (with a reference taken) if it went through one.
     fn destination(
         &self,
+        policy: &Policy,
         key: &FlowKey,
     ) -> Result<(Ipv4Addr, u16, u32, Option<ConnId>), DropReason> {
         // Echo requests to our addresses are answered by us; no ICMP query opens inbound.
         if key.proto == Proto::Icmp {
             return Err(DropReason::NoRule);
         }
-        if let Some(target) = self.policy.dnat(key.dst, key.proto, key.dport) {
+        if let Some(target) = policy.dnat(key.dst, key.proto, key.dport) {
             return match target {
                 Target::Host(addr, port) => Ok((addr, port, NO_BACKEND, None)),
                 Target::Pool(pool) => {
                     let h = backend_hash(key);
-                    let (index, b) = self
-                        .policy
-                        .pick_backend(pool, h)
-                        .ok_or(DropReason::NoBackend)?;
-                    let backend = (u32::from(pool) << 16) | u32::from(index);
-                    Ok((b.addr, b.port, backend, None))
+                    let (id, b) = policy.pick_backend(pool, h).ok_or(DropReason::NoBackend)?;
+                    Ok((b.addr, b.port, id, None))
                 }
             };
         }
         let mkey = mapping_public_key(key.dst, key.dport, key.proto);
         match self.table.lookup(&mkey) {
             Some(m) if m.state == ConnState::Mapping => {
-                if self.config.filtering == Filtering::AddressAndPortDependent {
+                if policy.filtering() == Filtering::AddressAndPortDependent {
                     return Err(DropReason::Filtered);
                 }
                 if !self.table.acquire_ref(m.id) {
@@ -690,8 +818,8 @@ impl Engine {
         }
     }
 
-    fn inbound(&self, w: &mut Worker, key: &FlowKey, now: u32) -> Created {
-        let (addr, port, backend, mapping) = match self.destination(key) {
+    fn inbound(&self, snap: &Snapshot, w: &mut Worker, key: &FlowKey, now: u32) -> Created {
+        let (addr, port, backend, mapping) = match self.destination(&snap.policy, key) {
             Ok(d) => d,
             Err(r) => return Created::Done(Verdict::Drop(r)),
         };
@@ -700,11 +828,11 @@ impl Engine {
         self.insert_conn(w, new_conn(w, key, reply, flags, mapping, backend), now)
     }
 
-    fn outbound(&self, w: &mut Worker, key: &FlowKey, now: u32) -> Created {
-        let Some(rule) = self.policy.pat_rule_for(key.src) else {
+    fn outbound(&self, snap: &Snapshot, w: &mut Worker, key: &FlowKey, now: u32) -> Created {
+        let Some(rule) = snap.policy.pat_rule_for(key.src) else {
             return Created::Done(Verdict::Drop(DropReason::NoRule));
         };
-        let candidates = self.pat_addrs.get(rule).map(Vec::as_slice).unwrap_or(&[]);
+        let candidates = snap.pat_addrs.get(rule).map(Vec::as_slice).unwrap_or(&[]);
         let m = match self.mapping_for(w, key.src, key.sport, key.proto, candidates, now) {
             Ok(m) => m,
             Err(r) => return Created::Done(Verdict::Drop(r)),
@@ -722,14 +850,14 @@ impl Engine {
     /// REQ-8): the destination is translated as for an inbound flow, the source to the
     /// host's own mapping (or one on the address it reached, if no PAT rule covers it), so
     /// that replies come back through the gateway.
-    fn hairpin(&self, w: &mut Worker, key: &FlowKey, now: u32) -> Created {
-        let (addr, port, backend, dest_mapping) = match self.destination(key) {
+    fn hairpin(&self, snap: &Snapshot, w: &mut Worker, key: &FlowKey, now: u32) -> Created {
+        let (addr, port, backend, dest_mapping) = match self.destination(&snap.policy, key) {
             Ok(d) => d,
             Err(r) => return Created::Done(Verdict::Drop(r)),
         };
         let own;
-        let candidates: &[usize] = match self.policy.pat_rule_for(key.src) {
-            Some(rule) => self.pat_addrs.get(rule).map(Vec::as_slice).unwrap_or(&[]),
+        let candidates: &[usize] = match snap.policy.pat_rule_for(key.src) {
+            Some(rule) => snap.pat_addrs.get(rule).map(Vec::as_slice).unwrap_or(&[]),
             None => {
                 own = self.ports.addr_index(key.dst);
                 own.as_slice()
@@ -792,7 +920,7 @@ impl Engine {
                 .ports
                 .pick_addr(candidates, addr)
                 .ok_or(DropReason::NoRule)?;
-            let public = *self.ports.addrs().get(ai).ok_or(DropReason::NoRule)?;
+            let public = self.ports.addr(ai).ok_or(DropReason::NoRule)?;
             let pport = self
                 .ports
                 .allocate(&mut w.cursors, ai, proto, port)
@@ -990,6 +1118,15 @@ impl Engine {
             self.release_refs(rec.mapping, rec.flags, rec.backend);
         })
     }
+}
+
+/// Allocator indices of each PAT rule's addresses.
+fn pat_addrs(config: &NatConfig, ports: &PortAllocator) -> Vec<Vec<usize>> {
+    config
+        .pat
+        .iter()
+        .map(|r| r.to.iter().filter_map(|a| ports.addr_index(*a)).collect())
+        .collect()
 }
 
 fn owner_byte(id: u16) -> u8 {

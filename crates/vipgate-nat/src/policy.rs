@@ -267,7 +267,32 @@ struct RangeRule {
 #[derive(Debug)]
 struct CompiledPool {
     backends: Vec<Backend>,
+    /// [`backend_id`] of each backend, in `backends` order.
+    ids: Vec<u32>,
     maglev: Maglev,
+}
+
+/// The stable identity of a pool's backend: a hash of the pool's name and the backend's
+/// address and port. Connections keep it, so a reload that reorders, adds or removes pools
+/// and backends never makes a connection refer to another backend; and every box with the
+/// same configuration computes the same ids, so synced connections keep theirs too.
+pub fn backend_id(pool: &str, addr: Ipv4Addr, port: u16) -> u32 {
+    // FNV-1a over "pool\0a.b.c.d:port": fixed, portable, no seed.
+    let mut h: u32 = 0x811c_9dc5;
+    let mut feed = |b: u8| {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    };
+    pool.bytes().for_each(&mut feed);
+    feed(0);
+    addr.octets().into_iter().for_each(&mut feed);
+    port.to_be_bytes().into_iter().for_each(&mut feed);
+    // u32::MAX means "no backend" in a connection.
+    if h == u32::MAX {
+        0
+    } else {
+        h
+    }
 }
 
 type FixedState = ahash::RandomState;
@@ -278,15 +303,19 @@ fn fixed_state() -> FixedState {
     ahash::RandomState::with_seeds(1, 2, 3, 4)
 }
 
-/// The compiled policy.
+/// The compiled policy: everything the packet path asks of the configuration, derived once.
 #[derive(Debug)]
 pub struct Policy {
     owned: HashSet<u32, FixedState>,
+    /// VIPs first, then PAT addresses, without repeats.
+    owned_list: Vec<Ipv4Addr>,
     vips: HashSet<u32, FixedState>,
     exact: HashMap<(u32, u8, u16), Target, FixedState>,
     ranges: Vec<RangeRule>,
     pools: Vec<CompiledPool>,
     pat: Vec<PatRule>,
+    filtering: Filtering,
+    timeouts: Timeouts,
 }
 
 impl Policy {
@@ -389,8 +418,14 @@ impl Policy {
             let key = (rule.vip, p.proto.number(), p.port);
             exact.insert(key, Target::Pool(index));
             exact_owner.insert(key, at);
+            let ids: Vec<u32> = p
+                .backends
+                .iter()
+                .map(|b| backend_id(&p.name, b.addr, b.port))
+                .collect();
             pools.push(CompiledPool {
                 backends: p.backends.clone(),
+                ids,
                 maglev,
             });
         }
@@ -404,14 +439,38 @@ impl Policy {
             owned.extend(r.to.iter().map(|a| u32::from(*a)));
         }
 
+        let mut owned_list: Vec<Ipv4Addr> = Vec::new();
+        for a in config
+            .vips
+            .iter()
+            .chain(config.pat.iter().flat_map(|r| r.to.iter()))
+        {
+            if !owned_list.contains(a) {
+                owned_list.push(*a);
+            }
+        }
         Ok(Policy {
             owned,
+            owned_list,
             vips,
             exact,
             ranges: ranges.into_iter().map(|(_, r)| r).collect(),
             pools,
             pat: config.pat.clone(),
+            filtering: config.filtering,
+            timeouts: config.timeouts,
         })
+    }
+
+    /// Inbound filtering of PAT mappings.
+    #[inline]
+    pub fn filtering(&self) -> Filtering {
+        self.filtering
+    }
+
+    /// The idle timeouts.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
     }
 
     /// True for every address the gateway translates for: VIPs and PAT addresses.
@@ -426,18 +485,8 @@ impl Policy {
     }
 
     /// Every owned address (VIPs first, then PAT addresses), without repeats.
-    pub fn owned_addrs(&self, config: &NatConfig) -> Vec<Ipv4Addr> {
-        let mut v: Vec<Ipv4Addr> = Vec::new();
-        for a in config
-            .vips
-            .iter()
-            .chain(config.pat.iter().flat_map(|r| r.to.iter()))
-        {
-            if !v.contains(a) {
-                v.push(*a);
-            }
-        }
-        v
+    pub fn owned_addrs(&self) -> &[Ipv4Addr] {
+        &self.owned_list
     }
 
     /// The ports DNAT rules and pools use on each VIP: PAT must never hand them out.
@@ -472,20 +521,12 @@ impl Policy {
             })
     }
 
-    /// The backend of pool `pool` for a flow hashing to `hash`, with its index.
+    /// The backend of pool `pool` for a flow hashing to `hash`, with its [`backend_id`].
     #[inline]
-    pub fn pick_backend(&self, pool: u16, hash: u64) -> Option<(u16, &Backend)> {
+    pub fn pick_backend(&self, pool: u16, hash: u64) -> Option<(u32, &Backend)> {
         let p = self.pools.get(usize::from(pool))?;
-        let i = p.maglev.lookup(hash)?;
-        Some((i, p.backends.get(usize::from(i))?))
-    }
-
-    /// The backend `index` of pool `pool`.
-    pub fn backend(&self, pool: u16, index: u16) -> Option<&Backend> {
-        self.pools
-            .get(usize::from(pool))?
-            .backends
-            .get(usize::from(index))
+        let i = usize::from(p.maglev.lookup(hash)?);
+        Some((*p.ids.get(i)?, p.backends.get(i)?))
     }
 
     /// The index of the first PAT rule covering `src`.
@@ -649,6 +690,39 @@ mod tests {
         assert_eq!(p.pat_rule_for(Ipv4Addr::new(10, 0, 0, 1)), None);
         assert!(p.is_owned(Ipv4Addr::new(203, 0, 113, 20)) && p.is_owned(VIP));
         assert!(p.is_vip(VIP) && !p.is_vip(Ipv4Addr::new(203, 0, 113, 20)));
-        assert_eq!(p.owned_addrs(&c), vec![VIP, Ipv4Addr::new(203, 0, 113, 20)]);
+        assert_eq!(p.owned_addrs(), [VIP, Ipv4Addr::new(203, 0, 113, 20)]);
+    }
+
+    #[test]
+    fn backend_ids_follow_the_backend_not_its_position() {
+        let b = |last: u8, weight| Backend {
+            addr: Ipv4Addr::new(198, 18, 0, last),
+            port: 80,
+            weight,
+        };
+        let pool = |backends: Vec<Backend>| Pool {
+            name: "web".into(),
+            vip: VIP,
+            proto: Proto::Tcp,
+            port: 80,
+            backends,
+            table_size: 251,
+        };
+        let mut c = config(vec![]);
+        c.pools = vec![pool(vec![b(1, 1), b(2, 1), b(3, 1)])];
+        let before = Policy::new(&c).unwrap();
+        c.pools = vec![pool(vec![b(3, 2), b(2, 1)])];
+        let after = Policy::new(&c).unwrap();
+        let id = |p: &Policy, addr| {
+            (0..2000u64)
+                .filter_map(|h| p.pick_backend(0, h.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+                .find(|(_, b)| b.addr == addr)
+                .map(|(id, _)| id)
+        };
+        let three = Ipv4Addr::new(198, 18, 0, 3);
+        assert_eq!(id(&before, three), id(&after, three));
+        assert_eq!(id(&before, three), Some(backend_id("web", three, 80)));
+        assert_ne!(backend_id("web", three, 80), backend_id("api", three, 80));
+        assert_ne!(backend_id("web", three, 80), backend_id("web", three, 81));
     }
 }

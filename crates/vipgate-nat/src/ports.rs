@@ -14,7 +14,8 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use crate::key::Proto;
 
@@ -51,6 +52,8 @@ pub enum PortsError {
     },
     /// A reserved port names an address that is not one of the allocator's addresses.
     UnknownReserved(Ipv4Addr),
+    /// Every spare address slot is taken: more public addresses need a restart.
+    NoSpareSlot(Ipv4Addr),
 }
 
 impl fmt::Display for PortsError {
@@ -70,6 +73,12 @@ impl fmt::Display for PortsError {
                 f,
                 "reserved port on {addr}, which is not one of the PAT addresses"
             ),
+            PortsError::NoSpareSlot(addr) => write!(
+                f,
+                "{addr} would be public address number {}, past the {SPARE_ADDRS} that a \
+                 reload may add to those at start; restart vipgate to add it",
+                SPARE_ADDRS + 1
+            ),
         }
     }
 }
@@ -79,16 +88,31 @@ impl std::error::Error for PortsError {}
 /// PAT ports of all public addresses, shared by all workers.
 ///
 /// `Send + Sync`; every method takes `&self`. See the module documentation.
+///
+/// The set of addresses can grow while the workers run (a reload adding a VIP or a PAT
+/// address) into [`SPARE_ADDRS`] slots allocated up front, and the reserved ports change
+/// with every reload ([`PortAllocator::set_reserved`]); both are read with relaxed atomic
+/// loads, as cheap as plain ones.
 pub struct PortAllocator {
-    addrs: Box<[Ipv4Addr]>,
+    /// The addresses of the first `len` slots, as `u32`; a slot, once given, keeps its
+    /// address for the allocator's life, so an index stays valid for every connection.
+    addrs: Box<[AtomicU32]>,
+    len: AtomicUsize,
+    /// Serialises [`PortAllocator::add_addr`] and [`PortAllocator::set_reserved`] (the control
+    /// thread's); workers never take it.
+    grow: Mutex<()>,
     lo: u16,
     hi: u16,
     workers: u16,
     /// One bitmap per (address, protocol), at `addr * PROTOS + proto.index()`: bit set = in use.
     used: Box<[[AtomicU64; WORDS]]>,
-    /// Same layout; immutable after `new`, so reading it shares cache lines without contention.
-    reserved: Box<[[u64; WORDS]]>,
+    /// Same layout: ports DNAT rules and pools hold, which PAT never hands out.
+    reserved: Box<[[AtomicU64; WORDS]]>,
 }
+
+/// Address slots beyond those given to [`PortAllocator::new`], for addresses a reload adds
+/// (48 KiB each).
+pub const SPARE_ADDRS: usize = 16;
 
 /// One worker's next search position for every (address, protocol).
 ///
@@ -110,7 +134,7 @@ impl PortCursors {
 impl fmt::Debug for PortAllocator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PortAllocator")
-            .field("addrs", &self.addrs)
+            .field("addrs", &self.addrs())
             .field("lo", &self.lo)
             .field("hi", &self.hi)
             .field("workers", &self.workers)
@@ -144,7 +168,8 @@ impl PortAllocator {
     /// Builds the allocator: ports `lo..=hi` of each of `addrs`, for ICMP, TCP and UDP, split
     /// among `workers` workers; `reserved` ports are never allocated nor released.
     ///
-    /// Memory: 48 KiB per address (a used and a reserved bitmap of 8 KiB per protocol).
+    /// Memory: 48 KiB per address (a used and a reserved bitmap of 8 KiB per protocol), for
+    /// `addrs` and [`SPARE_ADDRS`] more.
     ///
     /// # Errors
     /// [`PortsError::NoAddresses`] for an empty `addrs`; [`PortsError::BadRange`] when
@@ -171,31 +196,71 @@ impl PortAllocator {
         if u32::from(workers) > ports {
             return Err(PortsError::TooManyWorkers { workers, ports });
         }
-        let maps = addrs.len() * PROTOS;
-        let used: Box<[[AtomicU64; WORDS]]> = (0..maps)
-            .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
-            .collect();
-        let mut reserved_maps: Box<[[u64; WORDS]]> = vec![[0u64; WORDS]; maps].into_boxed_slice();
+        let slots = addrs.len() + SPARE_ADDRS;
+        let maps = slots * PROTOS;
+        let bitmaps = || -> Box<[[AtomicU64; WORDS]]> {
+            (0..maps)
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect()
+        };
+        let a = PortAllocator {
+            addrs: (0..slots)
+                .map(|i| AtomicU32::new(addrs.get(i).map_or(0, |a| u32::from(*a))))
+                .collect(),
+            len: AtomicUsize::new(addrs.len()),
+            grow: Mutex::new(()),
+            lo,
+            hi,
+            workers,
+            used: bitmaps(),
+            reserved: bitmaps(),
+        };
+        a.set_reserved(reserved)?;
+        Ok(a)
+    }
+
+    /// Adds a public address (a reload), or finds it; returns its index.
+    ///
+    /// # Errors
+    /// [`PortsError::NoSpareSlot`] when the spare slots are all taken.
+    pub fn add_addr(&self, addr: Ipv4Addr) -> Result<usize, PortsError> {
+        let _g = self.grow.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = self.addr_index(addr) {
+            return Ok(i);
+        }
+        let i = self.len.load(Ordering::Acquire);
+        let slot = self.addrs.get(i).ok_or(PortsError::NoSpareSlot(addr))?;
+        slot.store(u32::from(addr), Ordering::Relaxed);
+        // Publishes the slot's address before any worker can see the index.
+        self.len.store(i + 1, Ordering::Release);
+        Ok(i)
+    }
+
+    /// Replaces the reserved ports (a reload). A port that is in use by PAT when it becomes
+    /// reserved stays with its mapping until that ends; it is never handed out again.
+    ///
+    /// # Errors
+    /// [`PortsError::UnknownReserved`] for a port on an address the allocator does not have.
+    pub fn set_reserved(&self, reserved: &[(Ipv4Addr, Proto, u16)]) -> Result<(), PortsError> {
+        let _g = self.grow.lock().unwrap_or_else(|e| e.into_inner());
+        let mut maps = vec![[0u64; WORDS]; self.reserved.len()];
         for &(addr, proto, port) in reserved {
-            let a = addrs
-                .iter()
-                .position(|&x| x == addr)
+            let a = self
+                .addr_index(addr)
                 .ok_or(PortsError::UnknownReserved(addr))?;
-            if let Some(word) = reserved_maps
+            if let Some(word) = maps
                 .get_mut(a * PROTOS + proto.index())
                 .and_then(|map| map.get_mut(word_index(port)))
             {
                 *word |= bit(port);
             }
         }
-        Ok(PortAllocator {
-            addrs: addrs.into(),
-            lo,
-            hi,
-            workers,
-            used,
-            reserved: reserved_maps,
-        })
+        for (map, new) in self.reserved.iter().zip(&maps) {
+            for (w, n) in map.iter().zip(new) {
+                w.store(*n, Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 
     /// A worker's cursors, starting at the beginning of its share. Allocates: call once per
@@ -226,12 +291,33 @@ impl PortAllocator {
 
     /// The index of `addr` among the allocator's addresses.
     pub fn addr_index(&self, addr: Ipv4Addr) -> Option<usize> {
-        self.addrs.iter().position(|&a| a == addr)
+        let a = u32::from(addr);
+        let len = self.len.load(Ordering::Acquire);
+        self.addrs
+            .get(..len)?
+            .iter()
+            .position(|x| x.load(Ordering::Relaxed) == a)
+    }
+
+    /// The public address at index `i`.
+    #[inline]
+    pub fn addr(&self, i: usize) -> Option<Ipv4Addr> {
+        if i >= self.len.load(Ordering::Acquire) {
+            return None;
+        }
+        self.addrs
+            .get(i)
+            .map(|a| Ipv4Addr::from(a.load(Ordering::Relaxed)))
     }
 
     /// The public addresses, in the order their indices refer to.
-    pub fn addrs(&self) -> &[Ipv4Addr] {
-        &self.addrs
+    pub fn addrs(&self) -> Vec<Ipv4Addr> {
+        let len = self.len.load(Ordering::Acquire);
+        self.addrs
+            .iter()
+            .take(len)
+            .map(|a| Ipv4Addr::from(a.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// The configured port range.
@@ -256,21 +342,28 @@ impl PortAllocator {
         // Multiply-shift maps the 32-bit hash onto 0..len without a division.
         let i = (h * candidates.len() as u128) >> 32;
         let picked = *candidates.get(usize::try_from(i).ok()?)?;
-        (picked < self.addrs.len()).then_some(picked)
+        (picked < self.len.load(Ordering::Acquire)).then_some(picked)
     }
 
     #[inline]
-    fn maps(&self, addr: usize, proto: Proto) -> Option<(&[AtomicU64; WORDS], &[u64; WORDS])> {
+    fn maps(
+        &self,
+        addr: usize,
+        proto: Proto,
+    ) -> Option<(&[AtomicU64; WORDS], &[AtomicU64; WORDS])> {
+        if addr >= self.len.load(Ordering::Acquire) {
+            return None;
+        }
         let i = addr.checked_mul(PROTOS)?.checked_add(proto.index())?;
         Some((self.used.get(i)?, self.reserved.get(i)?))
     }
 
     #[inline]
-    fn allocatable(&self, reserved: &[u64; WORDS], port: u16) -> bool {
+    fn allocatable(&self, reserved: &[AtomicU64; WORDS], port: u16) -> bool {
         (self.lo..=self.hi).contains(&port)
             && reserved
                 .get(word_index(port))
-                .is_some_and(|w| w & bit(port) == 0)
+                .is_some_and(|w| w.load(Ordering::Relaxed) & bit(port) == 0)
     }
 
     /// Test-and-set of one port's bit: true if this call took it.
@@ -283,7 +376,7 @@ impl PortAllocator {
     /// Takes the first free, unreserved port in `from..=to`.
     fn search(
         used: &[AtomicU64; WORDS],
-        reserved: &[u64; WORDS],
+        reserved: &[AtomicU64; WORDS],
         from: u16,
         to: u16,
     ) -> Option<u16> {
@@ -293,7 +386,7 @@ impl PortAllocator {
             let (Some(word), Some(resv)) = (used.get(w), reserved.get(w)) else {
                 return None;
             };
-            let mut mask = !*resv;
+            let mut mask = !resv.load(Ordering::Relaxed);
             if w == first {
                 mask &= u64::MAX << (from & 63);
             }
@@ -366,14 +459,15 @@ impl PortAllocator {
         })
     }
 
-    /// Gives a port back. Reserved ports and ports outside the range are left alone: they were
-    /// never handed out.
+    /// Gives a port back. Ports outside the range are left alone: they were never handed
+    /// out. A port reserved since it was handed out (a reload) is given back all the same.
     pub fn release(&self, addr: usize, proto: Proto, port: u16) {
-        if let Some((used, reserved)) = self.maps(addr, proto) {
-            if self.allocatable(reserved, port) {
-                if let Some(w) = used.get(word_index(port)) {
-                    w.fetch_and(!bit(port), Ordering::AcqRel);
-                }
+        if !(self.lo..=self.hi).contains(&port) {
+            return;
+        }
+        if let Some((used, _)) = self.maps(addr, proto) {
+            if let Some(w) = used.get(word_index(port)) {
+                w.fetch_and(!bit(port), Ordering::AcqRel);
             }
         }
     }
@@ -389,7 +483,7 @@ impl PortAllocator {
     pub fn is_reserved(&self, addr: usize, proto: Proto, port: u16) -> bool {
         self.maps(addr, proto)
             .and_then(|(_, reserved)| reserved.get(word_index(port)))
-            .is_some_and(|w| w & bit(port) != 0)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & bit(port) != 0)
     }
 
     /// Ports of `addr` handed out for `proto` (a snapshot; for metrics and tests).
@@ -615,6 +709,37 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_adds_addresses_and_moves_reserved_ports() {
+        let p = PortAllocator::new(&[A], 1, 2000, 2003, &[(A, Proto::Tcp, 2000)]).unwrap();
+        let mut c = p.cursors(0);
+        assert_eq!(p.allocate(&mut c, 0, Proto::Tcp, 2001), Some(2001));
+        // 2001 becomes reserved while in use: it stays taken, is given back on release, and
+        // is never handed out again; 2000 is free to use now.
+        p.set_reserved(&[(A, Proto::Tcp, 2001)]).unwrap();
+        assert!(p.is_allocated(0, Proto::Tcp, 2001));
+        p.release(0, Proto::Tcp, 2001);
+        assert!(!p.is_allocated(0, Proto::Tcp, 2001));
+        assert_eq!(p.allocate(&mut c, 0, Proto::Tcp, 2001), Some(2000));
+        assert_eq!(p.allocate(&mut c, 0, Proto::Tcp, 2000), Some(2002));
+        assert_eq!(
+            p.set_reserved(&[(B, Proto::Tcp, 2001)]),
+            Err(PortsError::UnknownReserved(B))
+        );
+
+        assert_eq!(p.add_addr(A), Ok(0));
+        assert_eq!(p.add_addr(B), Ok(1));
+        assert_eq!(p.addrs(), vec![A, B]);
+        assert_eq!(p.addr(1), Some(B));
+        assert_eq!(p.addr(2), None);
+        assert_eq!(p.allocate(&mut c, 1, Proto::Udp, 2003), Some(2003));
+        for i in 0..SPARE_ADDRS - 1 {
+            p.add_addr(Ipv4Addr::from(0x0a00_0000 + i as u32)).unwrap();
+        }
+        let one_more = Ipv4Addr::new(10, 9, 9, 9);
+        assert_eq!(p.add_addr(one_more), Err(PortsError::NoSpareSlot(one_more)));
+    }
+
+    #[test]
     fn claim_takes_a_specific_port_once() {
         let p = alloc(2, DEFAULT_LO, DEFAULT_HI);
         assert!(p.claim(1, Proto::Tcp, 33333));
@@ -660,7 +785,7 @@ mod tests {
         let two = alloc(8, DEFAULT_LO, DEFAULT_HI);
         assert!(one.memory_bytes() >= 48 * 1024);
         assert!(two.memory_bytes() - one.memory_bytes() >= 48 * 1024);
-        assert!(two.memory_bytes() < 2 * 49 * 1024 + 1024);
+        assert!(two.memory_bytes() < (2 + SPARE_ADDRS) * 49 * 1024 + 1024);
     }
 
     #[test]

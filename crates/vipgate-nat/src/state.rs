@@ -71,6 +71,9 @@ pub enum ConnState {
 }
 
 impl ConnState {
+    /// Number of states.
+    pub const COUNT: usize = 11;
+
     /// The state with this wire value (as in [`ConnState`]`as u8`), for state sync.
     pub fn from_u8(v: u8) -> Option<ConnState> {
         Some(match v {
@@ -87,6 +90,23 @@ impl ConnState {
             10 => ConnState::Mapping,
             _ => return None,
         })
+    }
+
+    /// The name operators see (CLI, metrics labels).
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnState::TcpSynSent => "syn_sent",
+            ConnState::TcpSynRecv => "syn_recv",
+            ConnState::TcpEstablished => "established",
+            ConnState::TcpFinWait => "fin_wait",
+            ConnState::TcpCloseWait => "close_wait",
+            ConnState::TcpLastAck => "last_ack",
+            ConnState::TcpTimeWait => "time_wait",
+            ConnState::TcpClose => "close",
+            ConnState::Udp => "udp",
+            ConnState::Icmp => "icmp",
+            ConnState::Mapping => "mapping",
+        }
     }
 
     /// Whether this is one of the TCP states.

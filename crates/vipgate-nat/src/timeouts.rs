@@ -1,5 +1,7 @@
 //! Idle timeouts per connection state.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use crate::state::ConnState;
 
 /// Idle timeouts in seconds, one per connection state: a connection that has seen no packet
@@ -72,6 +74,59 @@ impl Timeouts {
     }
 }
 
+/// Timeouts that a reload can change while workers read them: one atomic per state, so a
+/// reader never sees a torn set worse than a mix of old and new values, each valid alone.
+#[derive(Debug)]
+pub struct SharedTimeouts {
+    per_state: [AtomicU32; ConnState::COUNT],
+}
+
+impl SharedTimeouts {
+    /// Holds `t`.
+    pub fn new(t: &Timeouts) -> SharedTimeouts {
+        let s = SharedTimeouts {
+            per_state: std::array::from_fn(|_| AtomicU32::new(0)),
+        };
+        s.store(t);
+        s
+    }
+
+    /// Replaces every timeout with `t`'s.
+    pub fn store(&self, t: &Timeouts) {
+        for (i, slot) in self.per_state.iter().enumerate() {
+            if let Some(s) = u8::try_from(i).ok().and_then(ConnState::from_u8) {
+                slot.store(t.for_state(s), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The timeout of state `s` now.
+    #[inline]
+    pub fn for_state(&self, s: ConnState) -> u32 {
+        self.per_state
+            .get(s as usize)
+            .map_or(0, |a| a.load(Ordering::Relaxed))
+    }
+
+    /// The current set.
+    pub fn load(&self) -> Timeouts {
+        let t = |s| self.for_state(s);
+        Timeouts {
+            tcp_syn_sent: t(ConnState::TcpSynSent),
+            tcp_syn_recv: t(ConnState::TcpSynRecv),
+            tcp_established: t(ConnState::TcpEstablished),
+            tcp_fin_wait: t(ConnState::TcpFinWait),
+            tcp_close_wait: t(ConnState::TcpCloseWait),
+            tcp_last_ack: t(ConnState::TcpLastAck),
+            tcp_time_wait: t(ConnState::TcpTimeWait),
+            tcp_close: t(ConnState::TcpClose),
+            udp: t(ConnState::Udp),
+            icmp: t(ConnState::Icmp),
+            mapping: t(ConnState::Mapping),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +150,18 @@ mod tests {
         assert_eq!(t.for_state(ConnState::Udp), 300);
         assert_eq!(t.for_state(ConnState::Icmp), 60);
         assert_eq!(t.for_state(ConnState::Mapping), 0);
+    }
+
+    #[test]
+    fn shared_timeouts_round_trip_and_change() {
+        let mut t = Timeouts::default();
+        let s = SharedTimeouts::new(&t);
+        assert_eq!(s.load(), t);
+        t.udp = 30;
+        t.mapping = 5;
+        s.store(&t);
+        assert_eq!(s.load(), t);
+        assert_eq!(s.for_state(ConnState::Udp), 30);
     }
 
     #[test]

@@ -49,7 +49,7 @@ use index::{Bucket, Place, KILLED, PENDING, SLOTS, SLOTS_PER_CONN};
 
 use crate::key::FlowKey;
 use crate::state::{next_tcp_state, ConnState, Dir};
-use crate::timeouts::Timeouts;
+use crate::timeouts::{SharedTimeouts, Timeouts};
 
 /// A connection's handle: its entry and the generation of that entry when it was created, so
 /// that a handle kept after the connection went never reaches the entry's next connection.
@@ -254,7 +254,7 @@ pub struct ConnTable {
     spilled: Box<[AtomicU16]>,
     free: FreeList,
     hasher: ahash::RandomState,
-    timeouts: Timeouts,
+    timeouts: SharedTimeouts,
     capacity: u32,
 }
 
@@ -315,7 +315,7 @@ impl ConnTable {
             spilled,
             free,
             hasher,
-            timeouts,
+            timeouts: SharedTimeouts::new(&timeouts),
             capacity,
         })
     }
@@ -343,9 +343,15 @@ impl ConnTable {
             + std::mem::size_of::<Self>()
     }
 
-    /// The timeouts the table was created with.
-    pub fn timeouts(&self) -> &Timeouts {
-        &self.timeouts
+    /// The timeouts in force.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts.load()
+    }
+
+    /// Changes the timeouts (a reload): each connection's next expiry check uses the new
+    /// value of its state, measured from its last packet as before.
+    pub fn set_timeouts(&self, t: &Timeouts) {
+        self.timeouts.store(t);
     }
 
     /// The hash of a key, for [`ConnTable::prefetch`] and [`ConnTable::lookup_hashed`].

@@ -624,7 +624,7 @@ fn capacity_errors_and_memory() {
     assert!(per_conn <= 128.0, "{per_conn} bytes per connection");
     assert!(per_conn <= ConnTable::BYTES_PER_CONN as f64 + 0.1);
     assert!(per_conn >= (ConnTable::BYTES_PER_CONN - 2) as f64);
-    assert_eq!(t.timeouts(), &Timeouts::default());
+    assert_eq!(t.timeouts(), Timeouts::default());
     assert_eq!(t.capacity(), 1 << 16);
     assert!(format!("{t:?}").contains("capacity: 65536"));
 
