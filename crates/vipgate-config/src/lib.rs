@@ -204,7 +204,8 @@ impl Config {
     ///
     /// # Errors
     /// A [`ConfigError`] for an unreadable file, a TOML syntax error, an unknown key, a value
-    /// of the wrong type or an inconsistent configuration; the first one found.
+    /// of the wrong type or an inconsistent configuration; the first one found. It does not
+    /// name `path`: the caller says which file it loaded.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::load_with_env(path, process_env()?)
     }
@@ -215,10 +216,10 @@ impl Config {
     /// # Errors
     /// As [`Config::load`].
     pub fn load_with_env(path: &Path, env: HashMap<String, String>) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
+        // The caller names `path` once (`vipgate: FILE: error`); the error does not repeat it.
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new("", format!("cannot read {file}: {e}")))?;
-        validate::load(&text, Some(&file), env)
+            .map_err(|e| ConfigError::new("", format!("cannot read the file: {e}")))?;
+        validate::load(&text, env)
     }
 
     /// Loads a configuration from TOML text with the overrides in `env`.
@@ -226,7 +227,7 @@ impl Config {
     /// # Errors
     /// As [`Config::load`].
     pub fn from_toml_str(text: &str, env: HashMap<String, String>) -> Result<Config, ConfigError> {
-        validate::load(text, None, env)
+        validate::load(text, env)
     }
 
     /// The interface at `index` of [`Config::interfaces`] whose subnet holds `addr`, if any.

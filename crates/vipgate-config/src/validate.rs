@@ -46,8 +46,9 @@ pub(crate) fn env_key(var: &str) -> String {
         .replace("__", ".")
 }
 
-/// Reads `text` (from `file`, if it came from one) with `env` on top, then validates.
-pub(crate) fn load(text: &str, file: Option<&str>, env: HashMap<String, String>) -> Result<Config> {
+/// Reads `text` with `env` on top, then validates. Errors never name the file: the caller
+/// does, once.
+pub(crate) fn load(text: &str, env: HashMap<String, String>) -> Result<Config> {
     let by_key: HashMap<String, String> = env
         .keys()
         .filter(|k| is_override(k))
@@ -55,7 +56,7 @@ pub(crate) fn load(text: &str, file: Option<&str>, env: HashMap<String, String>)
         .collect();
     let env_var_for = |key: &str| by_key.get(key).cloned();
     let source: config::Map<String, String> = env.into_iter().collect();
-    let read_error = |e| from_config_crate(e, file, &env_var_for);
+    let read_error = |e| from_config_crate(e, &env_var_for);
     let merged = config::Config::builder()
         .add_source(File::from_str(text, FileFormat::Toml))
         .add_source(
@@ -67,7 +68,7 @@ pub(crate) fn load(text: &str, file: Option<&str>, env: HashMap<String, String>)
         )
         .build()
         .map_err(read_error)?;
-    check_tables(&merged).map_err(|e| read_error_origin(e, file, &env_var_for))?;
+    check_tables(&merged).map_err(|e| read_error_origin(e, &env_var_for))?;
     let raw: RawFile = merged.try_deserialize().map_err(read_error)?;
     validate(raw).map_err(|e| match env_var_for(e.key()) {
         Some(var) => e.set_by_env(&var),

@@ -292,25 +292,40 @@ fn bad_configs_cover_every_section() {
     }
 }
 
+/// The binary prints `vipgate: FILE: error`: an error that named the file itself would say it
+/// twice.
 #[test]
-fn errors_found_reading_the_file_name_the_file() {
+fn errors_never_name_the_file() {
+    for (path, _) in bad_configs() {
+        let msg = Config::load_with_env(&path, no_env())
+            .unwrap_err()
+            .to_string();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!msg.contains(&name), "{name}: {msg}");
+        assert!(!msg.contains("(in "), "{name}: {msg}");
+    }
     let path = configs_dir().join("bad/wrong-type.toml");
     let msg = Config::load_with_env(&path, no_env())
         .unwrap_err()
         .to_string();
-    assert!(msg.ends_with(&format!("(in {})", path.display())), "{msg}");
+    assert_eq!(
+        msg,
+        "nat.capacity: string \"lots\" has the wrong type; expected an integer"
+    );
     let path = configs_dir().join("bad/toml-syntax.toml");
     let msg = Config::load_with_env(&path, no_env())
         .unwrap_err()
         .to_string();
-    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.starts_with("TOML syntax error at line "), "{msg}");
     assert!(
         msg.contains("name = \"vg-priv"),
         "the offending line is quoted: {msg}"
     );
     let missing = configs_dir().join("no-such-file.toml");
     let e = Config::load_with_env(&missing, no_env()).unwrap_err();
-    assert!(e.to_string().starts_with("cannot read "), "{e}");
+    let msg = e.to_string();
+    assert!(msg.starts_with("cannot read the file: "), "{msg}");
+    assert!(!msg.contains("no-such-file"), "{msg}");
 }
 
 #[test]
