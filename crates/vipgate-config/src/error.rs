@@ -5,10 +5,8 @@ use std::fmt;
 /// Where a bad value came from, when that helps find it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Origin {
-    /// Not worth saying: the caller already names the file it loaded.
+    /// Not worth saying: the caller names the file it loaded, once (`vipgate: FILE: ...`).
     Unstated,
-    /// A file, for errors the `config` crate found while reading it.
-    File(String),
     /// An environment variable: the file would not show the value, so the message must.
     Env(String),
 }
@@ -17,8 +15,8 @@ enum Origin {
 ///
 /// Its [`Display`](fmt::Display) is one line,
 /// `<key path>: <value> <problem>; <what would be accepted>`, followed by where the value
-/// came from when it came from an environment variable (or, for errors found while reading
-/// the file, the file). For example
+/// came from when it came from an environment variable. It never names the file: the caller
+/// knows which file it loaded and says so once. For example
 /// `interfaces[1].address: "198.18.0.1/33" is not an IPv4 prefix; expected a.b.c.d/len with
 /// len 0 to 32`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,11 +33,6 @@ impl ConfigError {
             problem: one_line(&problem.into()),
             origin: Origin::Unstated,
         }
-    }
-
-    pub(crate) fn in_file(mut self, file: &str) -> ConfigError {
-        self.origin = Origin::File(file.to_string());
-        self
     }
 
     pub(crate) fn set_by_env(mut self, var: &str) -> ConfigError {
@@ -76,7 +69,6 @@ impl fmt::Display for ConfigError {
         }
         match &self.origin {
             Origin::Unstated => Ok(()),
-            Origin::File(file) => write!(f, " (in {file})"),
             Origin::Env(var) => write!(f, " (set by environment variable {var})"),
         }
     }
@@ -97,11 +89,9 @@ pub(crate) fn one_line(s: &str) -> String {
 /// Turns an error of the `config` crate into a [`ConfigError`] whose key is the key path
 /// written the way the rest of vipgate writes it (`interfaces[0].name`).
 ///
-/// `env_var_for` names the environment variable that set a key, if any; `file` is the file
-/// being read, if any.
+/// `env_var_for` names the environment variable that set a key, if any.
 pub(crate) fn from_config_crate(
     e: config::ConfigError,
-    file: Option<&str>,
     env_var_for: &dyn Fn(&str) -> Option<String>,
 ) -> ConfigError {
     let err = match e {
@@ -111,22 +101,17 @@ pub(crate) fn from_config_crate(
             ConfigError::new(key, problem)
         }
     };
-    read_error_origin(err, file, env_var_for)
+    read_error_origin(err, env_var_for)
 }
 
-/// Says where a value the `config` crate could not read came from: the environment
-/// variable that set it, or else the file.
+/// Says which environment variable set a value the `config` crate could not read, if one did.
 pub(crate) fn read_error_origin(
     err: ConfigError,
-    file: Option<&str>,
     env_var_for: &dyn Fn(&str) -> Option<String>,
 ) -> ConfigError {
     match env_var_for(&err.key) {
         Some(var) => err.set_by_env(&var),
-        None => match file {
-            Some(file) => err.in_file(file),
-            None => err,
-        },
+        None => err,
     }
 }
 
@@ -154,6 +139,8 @@ fn split(e: config::ConfigError) -> (String, String) {
             (join(&outer, &inner_key), problem)
         }
         config::ConfigError::Message(m) => message(&m),
+        // Type, At and FileParse, the variants that print an origin (the file's path or
+        // "the environment") after the message, are taken apart above without it.
         other => (String::new(), other.to_string()),
     }
 }
@@ -329,8 +316,8 @@ mod tests {
             "xdp.mode: \"x\" is bad; expected y (set by environment variable VIPGATE_XDP__MODE)"
         );
         assert_eq!(e.env_var(), Some("VIPGATE_XDP__MODE"));
-        let e = ConfigError::new("", "cannot read").in_file("a.toml");
-        assert_eq!(e.to_string(), "cannot read (in a.toml)");
+        let e = ConfigError::new("", "cannot read the file: gone");
+        assert_eq!(e.to_string(), "cannot read the file: gone");
         assert_eq!(e.key(), "");
     }
 }

@@ -45,8 +45,8 @@
 //! ```
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
-use std::path::Path;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 use vipgate_nat::policy::{Ipv4Net, NatConfig};
 use vipgate_nat::Side;
@@ -79,6 +79,12 @@ pub struct Config {
     pub icmp: Icmp,
     /// Logging.
     pub log: Log,
+    /// The control socket.
+    pub control: Control,
+    /// The Prometheus metrics endpoint.
+    pub metrics: Metrics,
+    /// The NAT event log (RFC 6888 REQ-12).
+    pub events: Events,
 }
 
 /// A data-plane interface.
@@ -187,14 +193,78 @@ impl Default for Icmp {
 /// Logging.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Log {
-    /// A `tracing` filter directive, e.g. `info` or `vipgate=debug`.
+    /// A `tracing` filter: comma-separated levels (`trace`, `debug`, `info`, `warn`, `error`,
+    /// `off`) and `target=level` directives, e.g. `info` or `info,vipgate=debug`.
     pub level: String,
+    /// How each line is written.
+    pub format: LogFormat,
 }
 
 impl Default for Log {
     fn default() -> Self {
         Log {
             level: "info".to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (`"text"`).
+    #[default]
+    Text,
+    /// One JSON object per line (`"json"`), for log collectors.
+    Json,
+}
+
+/// The control socket, where `vipgate` commands reach a running gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Control {
+    /// Path of the Unix socket: absolute, naming a file.
+    pub socket: PathBuf,
+}
+
+impl Control {
+    /// Where the socket lives unless the file says otherwise; systemd's
+    /// `RuntimeDirectory=vipgate` creates `/run/vipgate`.
+    pub const DEFAULT_SOCKET: &'static str = "/run/vipgate/vipgate.sock";
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            socket: PathBuf::from(Control::DEFAULT_SOCKET),
+        }
+    }
+}
+
+/// The Prometheus metrics endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Address and port to serve `/metrics` on; `None` (the default) serves nothing.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The NAT event log: one line per mapping created or deleted (RFC 6888 REQ-12), off unless a
+/// file is given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Events {
+    /// The file events are appended to; `None` (the default) logs none.
+    pub file: Option<PathBuf>,
+    /// Events written per second at most, 1 to 10 000 000; the rest are counted and dropped.
+    pub rate: u32,
+    /// Entries in each worker's event queue, 64 to 16 777 216.
+    pub queue: usize,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            file: None,
+            rate: 10_000,
+            queue: 65_536,
         }
     }
 }
@@ -204,7 +274,8 @@ impl Config {
     ///
     /// # Errors
     /// A [`ConfigError`] for an unreadable file, a TOML syntax error, an unknown key, a value
-    /// of the wrong type or an inconsistent configuration; the first one found.
+    /// of the wrong type or an inconsistent configuration; the first one found. It does not
+    /// name `path`: the caller says which file it loaded.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::load_with_env(path, process_env()?)
     }
@@ -215,10 +286,10 @@ impl Config {
     /// # Errors
     /// As [`Config::load`].
     pub fn load_with_env(path: &Path, env: HashMap<String, String>) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
+        // The caller names `path` once (`vipgate: FILE: error`); the error does not repeat it.
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new("", format!("cannot read {file}: {e}")))?;
-        validate::load(&text, Some(&file), env)
+            .map_err(|e| ConfigError::new("", format!("cannot read the file: {e}")))?;
+        validate::load(&text, env)
     }
 
     /// Loads a configuration from TOML text with the overrides in `env`.
@@ -226,7 +297,7 @@ impl Config {
     /// # Errors
     /// As [`Config::load`].
     pub fn from_toml_str(text: &str, env: HashMap<String, String>) -> Result<Config, ConfigError> {
-        validate::load(text, None, env)
+        validate::load(text, env)
     }
 
     /// The interface at `index` of [`Config::interfaces`] whose subnet holds `addr`, if any.

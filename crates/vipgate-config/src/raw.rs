@@ -20,6 +20,9 @@ pub(crate) struct RawFile {
     pub(crate) neighbors: Option<RawNeighbors>,
     pub(crate) icmp: Option<RawIcmp>,
     pub(crate) log: Option<RawLog>,
+    pub(crate) control: Option<RawControl>,
+    pub(crate) metrics: Option<RawMetrics>,
+    pub(crate) events: Option<RawEvents>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +146,27 @@ pub(crate) struct RawIcmp {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLog {
     pub(crate) level: Option<String>,
+    pub(crate) format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawControl {
+    pub(crate) socket: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    pub(crate) listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEvents {
+    pub(crate) file: Option<String>,
+    pub(crate) rate: Option<Int>,
+    pub(crate) queue: Option<Int>,
 }
 
 /// A DNAT port as written: a number (`80`) or a string holding a number or a range

@@ -2,7 +2,8 @@
 //! cross-references between sections.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use config::{Environment, File, FileFormat, ValueKind};
 use vipgate_nat::maglev::{Maglev, MaglevError};
@@ -13,9 +14,13 @@ use vipgate_nat::{ConnTable, Proto, Side, Timeouts};
 
 use crate::error::{from_config_crate, read_error_origin, ConfigError};
 use crate::raw::{
-    Int, RawDnat, RawFile, RawInterface, RawNat, RawNeighbors, RawPat, RawPool, RawPorts, RawXdp,
+    Int, RawControl, RawDnat, RawEvents, RawFile, RawInterface, RawLog, RawMetrics, RawNat,
+    RawNeighbors, RawPat, RawPool, RawPorts, RawXdp,
 };
-use crate::{Config, Icmp, Interface, Log, Neighbors, Route, Xdp, XdpMode, ENV_PREFIX};
+use crate::{
+    Config, Control, Events, Icmp, Interface, Log, LogFormat, Metrics, Neighbors, Route, Xdp,
+    XdpMode, ENV_PREFIX,
+};
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -30,6 +35,13 @@ const FRAMES_MAX: i64 = 1 << 20;
 const FRAG_ENTRIES_MAX: i64 = 1 << 20;
 const FRAG_HOLD_MAX: i64 = 4096;
 const NEIGHBORS_MAX: i64 = 1 << 24;
+/// A Unix socket's `sun_path` holds 108 bytes, the terminating NUL included.
+const SOCKET_PATH_MAX: usize = 107;
+const EVENTS_RATE_MAX: i64 = 10_000_000;
+const EVENTS_QUEUE_MIN: i64 = 64;
+const EVENTS_QUEUE_MAX: i64 = 1 << 24;
+/// What `log.level` accepts, in the words of its error messages.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
 /// True for a variable that overrides a key (`VIPGATE_...`, any case, as the `config`
 /// crate matches it).
@@ -46,8 +58,9 @@ pub(crate) fn env_key(var: &str) -> String {
         .replace("__", ".")
 }
 
-/// Reads `text` (from `file`, if it came from one) with `env` on top, then validates.
-pub(crate) fn load(text: &str, file: Option<&str>, env: HashMap<String, String>) -> Result<Config> {
+/// Reads `text` with `env` on top, then validates. Errors never name the file: the caller
+/// does, once.
+pub(crate) fn load(text: &str, env: HashMap<String, String>) -> Result<Config> {
     let by_key: HashMap<String, String> = env
         .keys()
         .filter(|k| is_override(k))
@@ -55,7 +68,7 @@ pub(crate) fn load(text: &str, file: Option<&str>, env: HashMap<String, String>)
         .collect();
     let env_var_for = |key: &str| by_key.get(key).cloned();
     let source: config::Map<String, String> = env.into_iter().collect();
-    let read_error = |e| from_config_crate(e, file, &env_var_for);
+    let read_error = |e| from_config_crate(e, &env_var_for);
     let merged = config::Config::builder()
         .add_source(File::from_str(text, FileFormat::Toml))
         .add_source(
@@ -67,7 +80,7 @@ pub(crate) fn load(text: &str, file: Option<&str>, env: HashMap<String, String>)
         )
         .build()
         .map_err(read_error)?;
-    check_tables(&merged).map_err(|e| read_error_origin(e, file, &env_var_for))?;
+    check_tables(&merged).map_err(|e| read_error_origin(e, &env_var_for))?;
     let raw: RawFile = merged.try_deserialize().map_err(read_error)?;
     validate(raw).map_err(|e| match env_var_for(e.key()) {
         Some(var) => e.set_by_env(&var),
@@ -86,6 +99,9 @@ fn check_tables(merged: &config::Config) -> Result<()> {
         "neighbors",
         "icmp",
         "log",
+        "control",
+        "metrics",
+        "events",
     ] {
         if let Ok(v) = merged.get::<config::Value>(key) {
             if matches!(v.kind, ValueKind::Array(_)) {
@@ -257,16 +273,10 @@ fn validate(raw: RawFile) -> Result<Config> {
     let icmp = Icmp {
         rate: int_u32(rate, Icmp::default().rate, "icmp.rate", 0)?,
     };
-    let log = match raw.log.and_then(|l| l.level) {
-        None => Log::default(),
-        Some(level) if level.trim().is_empty() => {
-            return Err(err(
-                "log.level",
-                format!("{level:?} is empty; expected a tracing filter such as \"info\" or \"vipgate=debug\""),
-            ))
-        }
-        Some(level) => Log { level },
-    };
+    let log = log(raw.log.unwrap_or_default())?;
+    let control = control(raw.control.unwrap_or_default())?;
+    let metrics = metrics(raw.metrics.unwrap_or_default())?;
+    let events = events(raw.events.unwrap_or_default())?;
     Ok(Config {
         workers,
         xdp,
@@ -275,6 +285,154 @@ fn validate(raw: RawFile) -> Result<Config> {
         neighbors,
         icmp,
         log,
+        control,
+        metrics,
+        events,
+    })
+}
+
+fn log(raw: RawLog) -> Result<Log> {
+    let level = match raw.level {
+        None => Log::default().level,
+        Some(level) => {
+            log_level(&level)?;
+            level
+        }
+    };
+    let format = match raw.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(err(
+                "log.format",
+                format!("{other:?} is not a log format; expected \"text\" or \"json\""),
+            ))
+        }
+    };
+    Ok(Log { level, format })
+}
+
+/// Checks `log.level` as `tracing`'s filter would read it, within what vipgate documents: a
+/// comma-separated list of levels and `target=level` directives. The binary falls back to
+/// `info` on a filter it can't parse, so a typo caught here is a typo not silently ignored.
+fn log_level(level: &str) -> Result<()> {
+    let key = "log.level";
+    let expected = "expected a tracing filter, a comma-separated list of levels (trace, debug, info, warn, error, \
+                    off) or target=level directives with a target of letters, digits, '_', ':' \
+                    and '-', e.g. \"info,vipgate=debug\"";
+    if level.trim().is_empty() {
+        return Err(err(key, format!("{level:?} is empty; {expected}")));
+    }
+    let is_level = |l: &str| LOG_LEVELS.iter().any(|v| v.eq_ignore_ascii_case(l));
+    let is_target = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':' || b == b'-')
+    };
+    for item in level.split(',') {
+        let d = item.trim();
+        let ok = match d.split_once('=') {
+            None => is_level(d),
+            Some((target, l)) => is_target(target) && is_level(l),
+        };
+        if !ok {
+            let what = if d == level.trim() {
+                format!("{level:?} is not a level or target=level")
+            } else {
+                format!("{level:?} holds {item:?}, which is not a level or target=level")
+            };
+            return Err(err(key, format!("{what}; {expected}")));
+        }
+    }
+    Ok(())
+}
+
+/// An absolute path naming a file: `/` first, not `/` last.
+fn file_path(s: &str, key: &str, example: &str) -> Result<PathBuf> {
+    if !s.starts_with('/') {
+        return Err(err(
+            key,
+            format!("{s:?} is not an absolute path; expected a path starting with '/', e.g. {example:?}"),
+        ));
+    }
+    if s.ends_with('/') {
+        return Err(err(
+            key,
+            format!("{s:?} names a directory; expected the path of a file in it, e.g. {example:?}"),
+        ));
+    }
+    if s.contains('\0') {
+        return Err(err(
+            key,
+            format!("{s:?} holds a NUL byte; expected a path without one"),
+        ));
+    }
+    Ok(PathBuf::from(s))
+}
+
+fn control(raw: RawControl) -> Result<Control> {
+    let key = "control.socket";
+    let Some(s) = raw.socket else {
+        return Ok(Control::default());
+    };
+    let socket = file_path(&s, key, Control::DEFAULT_SOCKET)?;
+    if s.len() > SOCKET_PATH_MAX {
+        return Err(err(
+            key,
+            format!(
+                "{s:?} is {} bytes long; expected at most {SOCKET_PATH_MAX}, what a Unix socket \
+                 address holds",
+                s.len()
+            ),
+        ));
+    }
+    Ok(Control { socket })
+}
+
+fn metrics(raw: RawMetrics) -> Result<Metrics> {
+    let Some(s) = raw.listen else {
+        return Ok(Metrics::default());
+    };
+    let key = "metrics.listen";
+    let expected =
+        "expected a.b.c.d:port or [v6]:port with port 1 to 65535, e.g. \"127.0.0.1:9469\"";
+    let a: SocketAddr = s
+        .parse()
+        .map_err(|_| err(key, format!("{s:?} is not a socket address; {expected}")))?;
+    if a.port() == 0 {
+        return Err(err(key, format!("{s:?} has port 0; {expected}")));
+    }
+    Ok(Metrics { listen: Some(a) })
+}
+
+fn events(raw: RawEvents) -> Result<Events> {
+    let d = Events::default();
+    let file = match raw.file {
+        None => None,
+        Some(f) => Some(file_path(
+            &f,
+            "events.file",
+            "/var/log/vipgate/nat-events.log",
+        )?),
+    };
+    let rate = int(
+        raw.rate,
+        i64::from(d.rate),
+        "events.rate",
+        1,
+        EVENTS_RATE_MAX,
+    )?;
+    let queue = int(
+        raw.queue,
+        d.queue as i64,
+        "events.queue",
+        EVENTS_QUEUE_MIN,
+        EVENTS_QUEUE_MAX,
+    )?;
+    Ok(Events {
+        file,
+        rate: u32::try_from(rate).map_err(|_| err("events.rate", "out of range"))?,
+        queue: to_usize(queue, "events.queue")?,
     })
 }
 
