@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use vipgate_nat::counters::DropReason;
 use vipgate_nat::engine::EngineError;
@@ -108,7 +108,7 @@ pub struct Dataplane {
     neighbors: NeighborTable,
     interfaces: Vec<Interface>,
     routes: Routes,
-    icmp_rate: u32,
+    icmp_rate: AtomicU32,
     frame_size: usize,
     reclaim_budget: u32,
     /// The gate: a standby box answers no ARP for its VIPs and PAT addresses and translates
@@ -161,7 +161,7 @@ impl Dataplane {
             neighbors: NeighborTable::new(config.neighbors),
             interfaces: config.interfaces,
             routes,
-            icmp_rate: config.icmp_rate,
+            icmp_rate: AtomicU32::new(config.icmp_rate),
             frame_size: config.frame_size,
             reclaim_budget,
             active: AtomicBool::new(true),
@@ -265,7 +265,17 @@ impl Dataplane {
     }
 
     fn icmp_burst(&self) -> u32 {
-        self.icmp_rate.min(50)
+        self.icmp_rate().min(50)
+    }
+
+    /// ICMP errors each worker may send per second.
+    pub fn icmp_rate(&self) -> u32 {
+        self.icmp_rate.load(Ordering::Relaxed)
+    }
+
+    /// Changes the ICMP error rate (a reload).
+    pub fn set_icmp_rate(&self, rate: u32) {
+        self.icmp_rate.store(rate, Ordering::Relaxed);
     }
 }
 
@@ -633,7 +643,7 @@ impl<'d> Pipeline<'d> {
 
     /// A token bucket: `icmp_rate` per second, bursts of up to 50.
     fn icmp_token(&mut self, now_ms: u64) -> bool {
-        let rate = u64::from(self.dp.icmp_rate);
+        let rate = u64::from(self.dp.icmp_rate());
         if rate == 0 {
             return false;
         }
@@ -768,6 +778,14 @@ impl<'d> Pipeline<'d> {
     pub fn named_counters(&self) -> Vec<(&'static str, u64)> {
         let mut v = Vec::new();
         self.for_each_counter(|n, c| v.push((n, c)));
+        v
+    }
+
+    /// The names [`Pipeline::for_each_counter`] gives, in its order.
+    pub fn counter_names() -> Vec<&'static str> {
+        let mut v = Vec::new();
+        vipgate_nat::counters::Counters::default().for_each(|n, _| v.push(n));
+        v.extend(DataplaneCounters::default().named().iter().map(|(n, _)| *n));
         v
     }
 

@@ -1023,6 +1023,39 @@ impl Engine {
         removed
     }
 
+    /// Removes the connections the policy in force no longer covers: those of a removed
+    /// DNAT rule, pool, backend or VIP, and PAT connections whose rule or public address is
+    /// gone (`reload --flush-removed`). Returns how many. Walks the whole table: for the
+    /// control thread, never a worker.
+    pub fn flush_removed(&self, now: u32) -> u32 {
+        let snap = self.snapshot();
+        let p = snap.policy();
+        let mut stale = Vec::new();
+        self.table.walk(0, now, |id, r| {
+            if r.state != ConnState::Mapping && !covered(p, r) {
+                stale.push(id);
+            }
+            true
+        });
+        stale
+            .into_iter()
+            .filter(|id| self.flush(*id, now).is_some())
+            .count() as u32
+    }
+
+    /// Removes connection `id` now (an operator's flush), releasing its ports and mapping
+    /// references as expiry would; the connection as it was, or `None` if already gone. A
+    /// mapping is not flushed this way: it goes once its last connection has.
+    pub fn flush(&self, id: ConnId, now: u32) -> Option<ConnRecord> {
+        match self.table.export(id, now) {
+            Some(r) if r.state != ConnState::Mapping => {}
+            _ => return None,
+        }
+        let rec = self.table.remove(id, now)?;
+        self.release_resources(&rec);
+        Some(rec)
+    }
+
     fn release_resources(&self, rec: &ConnRecord) {
         if rec.state == ConnState::Mapping {
             if let Some(ai) = self.ports.addr_index(rec.reply.dst) {
@@ -1118,6 +1151,31 @@ impl Engine {
             self.release_refs(rec.mapping, rec.flags, rec.backend);
         })
     }
+}
+
+/// Whether `policy` would still create connection `r` as it is.
+fn covered(policy: &Policy, r: &ConnRecord) -> bool {
+    let f = r.flags;
+    let inbound = f & conn_flags::ORIG_IN_PRIVATE == 0;
+    let hairpin = f & conn_flags::HAIRPIN != 0;
+    if inbound || hairpin {
+        if !policy.is_owned(r.orig.dst) {
+            return false;
+        }
+        if r.mapping.is_some() && !hairpin {
+            // Inbound through a PAT mapping: the address is still ours.
+            return true;
+        }
+        if hairpin && f & conn_flags::PEER_MAPPING != 0 {
+            return true;
+        }
+        return match policy.dnat(r.orig.dst, r.orig.proto, r.orig.dport) {
+            None => false,
+            Some(Target::Host(a, p)) => (a, p) == (r.reply.src, r.reply.sport),
+            Some(Target::Pool(_)) => policy.has_backend(r.backend),
+        };
+    }
+    policy.pat_rule_for(r.orig.src).is_some() && policy.is_owned(r.reply.dst)
 }
 
 /// Allocator indices of each PAT rule's addresses.

@@ -529,6 +529,16 @@ impl Policy {
         Some((*p.ids.get(i)?, p.backends.get(i)?))
     }
 
+    /// Whether some pool has a backend with this [`backend_id`] and a weight above 0.
+    pub fn has_backend(&self, id: u32) -> bool {
+        self.pools.iter().any(|p| {
+            p.ids
+                .iter()
+                .zip(&p.backends)
+                .any(|(i, b)| *i == id && b.weight > 0)
+        })
+    }
+
     /// The index of the first PAT rule covering `src`.
     #[inline]
     pub fn pat_rule_for(&self, src: Ipv4Addr) -> Option<usize> {

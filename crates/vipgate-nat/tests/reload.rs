@@ -246,3 +246,41 @@ fn pool_connections_carry_the_backend_id() {
     e.table().for_each_live(1, |_, r| ids.push(r.backend));
     assert_eq!(ids, vec![backend_id("web", dst, 8000)]);
 }
+
+#[test]
+fn flush_removed_takes_exactly_what_the_new_policy_no_longer_covers() {
+    let e = Engine::new(before()).unwrap();
+    let mut w = e.worker(0);
+    let web = open(&e, &mut w, 80, 90, 1);
+    let on_b1 = web.iter().filter(|(_, b)| *b == B1).count() as u32;
+    assert!(on_b1 > 0);
+    let mut ssh = testing::tcp(REMOTE, VIP, 5000, 22, SYN, b"");
+    let mut smtp = testing::tcp(REMOTE, VIP, 5000, 25, SYN, b"");
+    let mut out = testing::udp(H1, REMOTE, 4000, 53, b"q");
+    e.process(&mut w, &mut ssh, Side::Public, 1);
+    e.process(&mut w, &mut smtp, Side::Public, 1);
+    e.process(&mut w, &mut out, Side::Private, 1);
+    assert_eq!(
+        e.flush_removed(1),
+        0,
+        "everything is covered before the change"
+    );
+
+    e.publish(&after()).unwrap();
+    assert_eq!(
+        e.flush_removed(2),
+        on_b1 + 1,
+        "B1's connections and port 25's"
+    );
+    let mut again = testing::tcp(REMOTE, VIP, 5000, 22, ACK, b"x");
+    e.refresh(&mut w);
+    assert_eq!(
+        e.process(&mut w, &mut again, Side::Public, 2),
+        Verdict::Forward(Side::Private)
+    );
+    let mut gone = testing::tcp(REMOTE, VIP, 5000, 25, ACK, b"x");
+    assert_eq!(
+        e.process(&mut w, &mut gone, Side::Public, 2),
+        Verdict::Drop(DropReason::TcpNoConn)
+    );
+}

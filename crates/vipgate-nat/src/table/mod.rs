@@ -904,7 +904,23 @@ impl ConnTable {
     /// Calls `f` for every live connection (a snapshot of each; connections inserted or
     /// removed during the walk may or may not be seen). For bulk sync and listings.
     pub fn for_each_live(&self, now: u32, mut f: impl FnMut(ConnId, &ConnRecord)) {
-        for (i, e) in self.entries.iter().enumerate() {
+        self.walk(0, now, |id, rec| {
+            f(id, rec);
+            true
+        });
+    }
+
+    /// Walks live connections from entry `start` on, calling `f` until it returns false;
+    /// returns the entry to resume from then, or `None` when the walk reached the end. Lets
+    /// an operator page through a table of millions.
+    pub fn walk(
+        &self,
+        start: u32,
+        now: u32,
+        mut f: impl FnMut(ConnId, &ConnRecord) -> bool,
+    ) -> Option<u32> {
+        let entries = self.entries.get(start as usize..)?;
+        for (i, e) in entries.iter().enumerate() {
             let Some(snap) = e.read() else {
                 continue;
             };
@@ -912,13 +928,17 @@ impl ConnTable {
                 continue;
             }
             if let Some(rec) = record_from(&snap, now) {
+                let index = start + i as u32;
                 let id = ConnId {
-                    index: i as u32,
+                    index,
                     generation: snap.life.generation(),
                 };
-                f(id, &rec);
+                if !f(id, &rec) {
+                    return Some(index + 1).filter(|n| *n < self.capacity);
+                }
             }
         }
+        None
     }
 
     /// Examines up to `budget` entries of the cursor's share, continuing where it stopped,
