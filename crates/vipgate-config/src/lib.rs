@@ -4,8 +4,9 @@
 //! The file is read with the `config` crate into a loose form that mirrors the file
 //! (unknown keys refused), then validated into [`Config`]: every value in range and every
 //! cross-reference consistent (VIPs on a public segment, backends reachable on the private
-//! side, rules that do not overlap). The first problem found comes back as a
-//! [`ConfigError`], one line naming the key, the value and what would be accepted.
+//! side, rules that do not overlap). Every problem found comes back in one [`ConfigError`],
+//! one line each naming the key, the value and what would be accepted: the validator goes on
+//! across sections and list items, and skips only the checks that need a value it refused.
 //!
 //! Environment variables override single keys of the file: `VIPGATE_<SECTION>__<KEY>`, with
 //! `__` between nested keys, e.g. `VIPGATE_NAT__CAPACITY=4096`, `VIPGATE_XDP__MODE=drv`,
@@ -55,7 +56,7 @@ mod error;
 mod raw;
 mod validate;
 
-pub use error::ConfigError;
+pub use error::{ConfigError, Problem};
 
 /// The prefix of environment variables that override keys of the file.
 pub const ENV_PREFIX: &str = "VIPGATE";
@@ -273,9 +274,10 @@ impl Config {
     /// Loads `path` with the process's `VIPGATE_*` environment variables applied on top.
     ///
     /// # Errors
-    /// A [`ConfigError`] for an unreadable file, a TOML syntax error, an unknown key, a value
-    /// of the wrong type or an inconsistent configuration; the first one found. It does not
-    /// name `path`: the caller says which file it loaded.
+    /// A [`ConfigError`] for an unreadable file, a TOML syntax error, an unknown key or a
+    /// value of the wrong type (the first one found: reading stops there), or else for every
+    /// inconsistency the validator finds. It does not name `path`: the caller says which file
+    /// it loaded.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::load_with_env(path, process_env()?)
     }

@@ -326,10 +326,211 @@ fn log_levels_are_tracing_filters() {
     }
 }
 
-/// The refused configurations: `configs/bad/NAME.toml`, each starting with
-/// `# expect: <text the message must contain>`. The expected text starts with the key path
-/// whenever the message has one, so each row checks the key too.
-fn bad_configs() -> Vec<(PathBuf, String)> {
+fn problems_of(text: &str) -> Vec<String> {
+    let e = Config::from_toml_str(text, no_env()).unwrap_err();
+    assert_eq!(e.to_string().lines().count(), e.problems().len());
+    e.problems().iter().map(ToString::to_string).collect()
+}
+
+const TWO_INTERFACES: &str = r#"
+    [workers]
+    cores = [1]
+    [[interfaces]]
+    name = "a"
+    side = "public"
+    address = "203.0.113.1/24"
+    [[interfaces]]
+    name = "b"
+    side = "private"
+    address = "198.18.0.1/24"
+"#;
+
+#[test]
+fn every_item_of_a_list_is_checked() {
+    let text = format!(
+        r#"{TWO_INTERFACES}
+        [nat]
+        vips = ["203.0.113.10"]
+        [[nat.dnat]]
+        vip = "203.0.113.10"
+        proto = "sctp"
+        port = 80
+        to = "198.18.0.10"
+        [[nat.dnat]]
+        vip = "203.0.113.10"
+        proto = "tcp"
+        port = 81
+        to = "198.18.0.10"
+        [[nat.dnat]]
+        vip = "203.0.113.10"
+        proto = "tcp"
+        port = 0
+        to = "198.18.0.10"
+        [[nat.pools]]
+        name = "web"
+        vip = "203.0.113.10"
+        proto = "tcp"
+        port = 8080
+        backends = [{{ addr = "203.0.113.50", port = 80 }}]
+        [[nat.pools]]
+        name = ""
+        vip = "203.0.113.10"
+        proto = "tcp"
+        port = 8081
+        backends = [{{ addr = "198.18.0.10", port = 80 }}]
+        [[nat.pat]]
+        from = ["10.0.0.0/8"]
+        to = ["203.0.113.10"]
+        [[nat.pat]]
+        from = ["198.18.0.0/24"]
+        to = ["203.0.113.10", "203.0.113.10"]
+        "#
+    );
+    let keys: Vec<String> = problems_of(&text)
+        .iter()
+        .map(|l| l.split(": ").next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "nat.dnat[0].proto",
+            "nat.dnat[2].port",
+            "nat.pools[0].backends[0].addr",
+            "nat.pools[1].name",
+            "nat.pat[0].from[0]",
+            "nat.pat[1].to[1]",
+        ]
+    );
+
+    let text = r#"
+        [workers]
+        cores = [1]
+        [[interfaces]]
+        name = "a/b"
+        side = "public"
+        address = "203.0.113.1/24"
+        [[interfaces]]
+        name = "b"
+        side = "inside"
+        address = "198.18.0.1/24"
+        [[interfaces]]
+        name = "c"
+        side = "private"
+        address = "198.18.0.1/33"
+        [xdp]
+        frames = 8192
+        [nat]
+        vips = ["203.0.113.10"]
+    "#;
+    let keys: Vec<String> = problems_of(text)
+        .iter()
+        .map(|l| l.split(": ").next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "interfaces[0].name",
+            "interfaces[1].side",
+            "interfaces[2].address"
+        ]
+    );
+}
+
+#[test]
+fn checks_that_need_a_refused_value_are_skipped() {
+    // The interfaces are refused: the NAT section's addresses can't be placed, so they are
+    // not reported, but its own values still are.
+    let text = r#"
+        [workers]
+        cores = [1]
+        [[interfaces]]
+        name = "a"
+        side = "public"
+        address = "203.0.113.1/33"
+        [[interfaces]]
+        name = "b"
+        side = "private"
+        address = "198.18.0.1/24"
+        [nat]
+        vips = ["203.0.113.10"]
+        capacity = 0
+        [[nat.dnat]]
+        vip = "203.0.113.10"
+        proto = "tcp"
+        port = 80
+        to = "198.18.0.10"
+    "#;
+    let problems = problems_of(text);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].starts_with("interfaces[0].address: "));
+    assert!(problems[1].starts_with("nat.capacity: "));
+
+    // A refused VIP: rules naming VIPs are not checked against a list without it.
+    let text = format!(
+        r#"{TWO_INTERFACES}
+        [nat]
+        vips = ["203.0.113.300", "203.0.113.10"]
+        [[nat.dnat]]
+        vip = "203.0.113.10"
+        proto = "tcp"
+        port = 80
+        to = "198.18.0.10"
+        [[nat.pat]]
+        from = ["198.18.0.0/24"]
+        to = ["198.18.0.5"]
+        "#
+    );
+    let problems = problems_of(&text);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].starts_with("nat.vips[0]: "));
+    assert!(problems[1].starts_with("nat.pat[0].to[0]: "));
+
+    // A repeat names the index in the file, refused items counted.
+    let text = format!(
+        r#"{TWO_INTERFACES}
+        [nat]
+        vips = ["x", "203.0.113.10", "203.0.113.10"]
+        "#
+    );
+    assert_eq!(
+        problems_of(&text),
+        [
+            "nat.vips[0]: \"x\" is not an IPv4 address; expected a.b.c.d",
+            "nat.vips[2]: 203.0.113.10 repeats nat.vips[1]; expected each VIP once",
+        ]
+    );
+
+    // Refused workers: the PAT port shares are not checked; a refused ring size: the UMEM
+    // size is checked for being a power of two only.
+    let text = format!(
+        r#"{TWO_INTERFACES}
+        [xdp]
+        ring = 100
+        frames = 64
+        [nat]
+        vips = ["203.0.113.10"]
+        pat_ports = "2000-2000"
+        "#
+    )
+    .replace("cores = [1]", "cores = [1, 1]");
+    let keys: Vec<String> = problems_of(&text)
+        .iter()
+        .map(|l| l.split(": ").next().unwrap().to_string())
+        .collect();
+    assert_eq!(keys, ["workers.cores[1]", "xdp.ring"]);
+    let text = TWO_INTERFACES.to_string()
+        + "[xdp]\nring = 100\nframes = 3\n[nat]\nvips = [\"203.0.113.10\"]";
+    assert_eq!(
+        problems_of(&text)[1],
+        "xdp.frames: 3 is out of range; expected a power of two up to 1048576"
+    );
+}
+
+/// The refused configurations: `configs/bad/NAME.toml`, each starting with one
+/// `# expect: <text the line must contain>` line per problem it must report, in order. The
+/// expected text starts with the key path whenever the problem has one, so each row checks
+/// the key too.
+fn bad_configs() -> Vec<(PathBuf, Vec<String>)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(configs_dir().join("bad")).unwrap() {
         let path = entry.unwrap().path();
@@ -337,11 +538,17 @@ fn bad_configs() -> Vec<(PathBuf, String)> {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let first = text.lines().next().unwrap_or_default();
-        let expect = first
-            .strip_prefix("# expect: ")
-            .unwrap_or_else(|| panic!("{}: first line must be `# expect: ...`", path.display()));
-        out.push((path, expect.to_string()));
+        let expect: Vec<String> = text
+            .lines()
+            .map_while(|l| l.strip_prefix("# expect: "))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            !expect.is_empty(),
+            "{}: first line must be `# expect: ...`",
+            path.display()
+        );
+        out.push((path, expect));
     }
     out.sort();
     out
@@ -358,26 +565,41 @@ fn every_bad_config_is_refused_with_its_message() {
             Err(e) => e,
         };
         let msg = e.to_string();
-        assert!(!msg.contains('\n'), "{name}: message spans lines: {msg:?}");
-        assert!(
-            msg.contains(expect.as_str()),
-            "{name}:\n  message {msg:?}\n  expected to contain {expect:?}"
+        let lines: Vec<&str> = msg.lines().collect();
+        assert_eq!(
+            lines.len(),
+            expect.len(),
+            "{name}: {} problems expected, message {msg:?}",
+            expect.len()
         );
-        if !e.key().is_empty() {
+        assert_eq!(e.problems().len(), expect.len(), "{name}");
+        for ((line, expect), problem) in lines.iter().zip(expect).zip(e.problems()) {
             assert!(
-                expect.starts_with(&format!("{}: ", e.key())),
-                "{name}: expectation {expect:?} does not name the key {:?}",
-                e.key()
+                line.contains(expect.as_str()),
+                "{name}:\n  message {line:?}\n  expected to contain {expect:?}"
             );
-            assert!(msg.starts_with(&format!("{}: ", e.key())), "{name}: {msg}");
+            assert_eq!(*line, problem.to_string(), "{name}");
+            if !problem.key().is_empty() {
+                assert!(
+                    expect.starts_with(&format!("{}: ", problem.key())),
+                    "{name}: expectation {expect:?} does not name the key {:?}",
+                    problem.key()
+                );
+                assert!(
+                    line.starts_with(&format!("{}: ", problem.key())),
+                    "{name}: {line}"
+                );
+            }
+            assert_eq!(problem.env_var(), None, "{name}");
         }
+        assert_eq!(e.key(), e.problems()[0].key(), "{name}");
         assert_eq!(e.env_var(), None, "{name}");
     }
 }
 
 #[test]
 fn bad_configs_cover_every_section() {
-    let keys: Vec<String> = bad_configs().into_iter().map(|(_, e)| e).collect();
+    let keys: Vec<String> = bad_configs().into_iter().flat_map(|(_, e)| e).collect();
     for prefix in [
         "workers.cores",
         "xdp.mode",
