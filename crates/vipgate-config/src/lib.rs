@@ -54,6 +54,7 @@ use vipgate_nat::Side;
 
 mod error;
 mod raw;
+mod reload;
 mod validate;
 
 pub use error::{ConfigError, Problem};

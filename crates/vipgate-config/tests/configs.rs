@@ -526,6 +526,151 @@ fn checks_that_need_a_refused_value_are_skipped() {
     );
 }
 
+/// The lab with `old` replaced by `new` in its text (which must occur) and `env` on top.
+fn lab_edited(old: &str, new: &str, env_pairs: &[(&str, &str)]) -> Config {
+    let text = std::fs::read_to_string(lab()).unwrap();
+    assert!(text.contains(old), "lab.toml has no {old:?}");
+    Config::from_toml_str(&text.replacen(old, new, 1), env(env_pairs))
+        .unwrap_or_else(|e| panic!("{old:?} -> {new:?}: {e}"))
+}
+
+#[test]
+fn reload_classifies_policy_changes() {
+    let running = Config::load_with_env(&lab(), no_env()).unwrap();
+    assert_eq!(running.structural_change(&running.clone()), None);
+    for (var, value) in [
+        ("VIPGATE_NAT__TIMEOUTS__UDP", "120"),
+        ("VIPGATE_NAT__TIMEOUTS__MAPPING", "5"),
+        ("VIPGATE_NAT__TIMEOUTS__TCP_ESTABLISHED", "8000"),
+        ("VIPGATE_NAT__FILTERING", "endpoint-independent"),
+        ("VIPGATE_ICMP__RATE", "0"),
+    ] {
+        let new = Config::load_with_env(&lab(), env(&[(var, value)])).unwrap();
+        assert_ne!(new, running, "{var}");
+        assert_eq!(running.structural_change(&new), None, "{var}={value}");
+    }
+    // Rules, pools and PAT, and the VIPs they use.
+    let policy_edits = [
+        ("port = 80\n", "port = 81\n"),
+        ("{ addr = \"198.18.0.11\", port = 8080 },", ""),
+        ("name = \"web\"", "name = \"www\""),
+        ("from = [\"198.18.0.0/24\"]", "from = [\"198.18.0.0/25\"]"),
+    ];
+    for (old, new) in policy_edits {
+        let edited = lab_edited(old, new, &[]);
+        assert_ne!(edited, running, "{old:?}");
+        assert_eq!(
+            running.structural_change(&edited),
+            None,
+            "{old:?} -> {new:?}"
+        );
+    }
+    let more_vips = lab_edited(
+        "vips = [\"203.0.113.10\"]",
+        "vips = [\"203.0.113.10\", \"203.0.113.11\"]",
+        &[],
+    );
+    assert_eq!(running.structural_change(&more_vips), None);
+}
+
+#[test]
+fn reload_names_the_first_structural_change() {
+    let running = Config::load_with_env(&lab(), no_env()).unwrap();
+    for (var, value, key) in [
+        ("VIPGATE_XDP__MODE", "drv", "xdp.mode"),
+        ("VIPGATE_XDP__BATCH", "32", "xdp.batch"),
+        ("VIPGATE_XDP__FRAMES", "8192", "xdp.frames"),
+        ("VIPGATE_XDP__FRAME_SIZE", "4096", "xdp.frame_size"),
+        ("VIPGATE_XDP__RING", "512", "xdp.ring"),
+        ("VIPGATE_NAT__CAPACITY", "4096", "nat.capacity"),
+        ("VIPGATE_NAT__PAT_PORTS", "2000-3000", "nat.pat_ports"),
+        ("VIPGATE_NAT__FRAG_ENTRIES", "64", "nat.frag_entries"),
+        ("VIPGATE_NAT__FRAG_TIMEOUT", "5", "nat.frag_timeout"),
+        ("VIPGATE_NAT__FRAG_HOLD", "0", "nat.frag_hold"),
+        ("VIPGATE_NEIGHBORS__CAPACITY", "64", "neighbors.capacity"),
+        ("VIPGATE_NEIGHBORS__REACHABLE", "60", "neighbors.reachable"),
+        ("VIPGATE_NEIGHBORS__RETRY_MS", "100", "neighbors.retry_ms"),
+        ("VIPGATE_NEIGHBORS__RETRIES", "5", "neighbors.retries"),
+        ("VIPGATE_NEIGHBORS__HOLD", "8", "neighbors.hold"),
+        ("VIPGATE_CONTROL__SOCKET", "/run/vg.sock", "control.socket"),
+        (
+            "VIPGATE_METRICS__LISTEN",
+            "127.0.0.1:9469",
+            "metrics.listen",
+        ),
+        ("VIPGATE_EVENTS__FILE", "/var/log/vg.log", "events.file"),
+        ("VIPGATE_EVENTS__RATE", "5", "events.rate"),
+        ("VIPGATE_EVENTS__QUEUE", "128", "events.queue"),
+        ("VIPGATE_LOG__LEVEL", "debug", "log.level"),
+        ("VIPGATE_LOG__FORMAT", "json", "log.format"),
+    ] {
+        let new = Config::load_with_env(&lab(), env(&[(var, value)])).unwrap();
+        assert_eq!(
+            running.structural_change(&new).as_deref(),
+            Some(key),
+            "{var}={value}"
+        );
+        // Either way round.
+        assert_eq!(
+            new.structural_change(&running).as_deref(),
+            Some(key),
+            "{var}={value}"
+        );
+    }
+    for (old, new, key) in [
+        ("cores = [0]", "cores = [1]", "workers.cores"),
+        ("name = \"vg-priv\"", "name = \"vg-lan\"", "interfaces[1].name"),
+        (
+            "address = \"198.18.0.1/24\"",
+            "address = \"198.18.0.2/24\"",
+            "interfaces[1].address",
+        ),
+        (
+            "gateway = \"203.0.113.254\"",
+            "gateway = \"203.0.113.253\"",
+            "interfaces[0].gateway",
+        ),
+        (
+            "gateway = \"203.0.113.254\"",
+            "gateway = \"203.0.113.254\"\nroutes = [{ prefix = \"198.51.100.0/24\", via = \"203.0.113.253\" }]",
+            "interfaces[0].routes",
+        ),
+    ] {
+        let edited = lab_edited(old, new, &[]);
+        assert_eq!(
+            running.structural_change(&edited).as_deref(),
+            Some(key),
+            "{old:?} -> {new:?}"
+        );
+    }
+    let three = lab_edited(
+        "[nat]",
+        "[[interfaces]]\nname = \"vg-mgmt\"\nside = \"private\"\naddress = \"10.9.0.1/24\"\n\n[nat]",
+        &[("VIPGATE_XDP__FRAMES", "8192")],
+    );
+    // The first difference in file order: xdp.frames comes before interfaces.
+    assert_eq!(
+        running.structural_change(&three).as_deref(),
+        Some("xdp.frames")
+    );
+    let same_frames =
+        Config::load_with_env(&lab(), env(&[("VIPGATE_XDP__FRAMES", "8192")])).unwrap();
+    assert_eq!(
+        same_frames.structural_change(&three).as_deref(),
+        Some("interfaces")
+    );
+    // A policy change alongside a structural one does not hide it.
+    let both = lab_edited(
+        "port = 80\n",
+        "port = 81\n",
+        &[("VIPGATE_LOG__LEVEL", "warn")],
+    );
+    assert_eq!(
+        running.structural_change(&both).as_deref(),
+        Some("log.level")
+    );
+}
+
 /// The refused configurations: `configs/bad/NAME.toml`, each starting with one
 /// `# expect: <text the line must contain>` line per problem it must report, in order. The
 /// expected text starts with the key path whenever the problem has one, so each row checks
