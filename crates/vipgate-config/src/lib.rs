@@ -11,8 +11,11 @@
 //! Environment variables override single keys of the file: `VIPGATE_<SECTION>__<KEY>`, with
 //! `__` between nested keys, e.g. `VIPGATE_NAT__CAPACITY=4096`, `VIPGATE_XDP__MODE=drv`,
 //! `VIPGATE_NAT__TIMEOUTS__UDP=120`. Values that look like numbers or booleans are read as
-//! such. Lists and array entries (`workers.cores`, `interfaces`) can't be set this way.
-//! A `VIPGATE_*` variable that names no key is an error, like an unknown key in the file.
+//! such. The two lists of single values are written as comma-separated items:
+//! `VIPGATE_WORKERS__CORES=0,1`, `VIPGATE_NAT__VIPS=203.0.113.10,203.0.113.11` (one item is
+//! a list of one). The lists of tables (`interfaces`, `nat.dnat`, `nat.pools`, `nat.pat`,
+//! and so everything inside them) can only be set in the file: a variable naming one is an
+//! error. So is a `VIPGATE_*` variable that names no key, like an unknown key in the file.
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -32,9 +35,13 @@
 //!     [nat]
 //!     vips = ["203.0.113.10"]
 //! "#;
-//! let env = HashMap::from([("VIPGATE_XDP__MODE".to_string(), "drv".to_string())]);
+//! let env = HashMap::from([
+//!     ("VIPGATE_XDP__MODE".to_string(), "drv".to_string()),
+//!     ("VIPGATE_WORKERS__CORES".to_string(), "0,1".to_string()),
+//! ]);
 //! let config = Config::from_toml_str(file, env).unwrap();
 //! assert_eq!(config.xdp.mode, XdpMode::Drv);
+//! assert_eq!(config.workers, [0, 1]);
 //!
 //! let env = HashMap::from([("VIPGATE_NAT__CAPACITY".to_string(), "0".to_string())]);
 //! let e = Config::from_toml_str(file, env).unwrap_err();

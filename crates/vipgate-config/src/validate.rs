@@ -66,23 +66,111 @@ pub(crate) fn load(text: &str, env: HashMap<String, String>) -> Result<Config> {
         .filter(|k| is_override(k))
         .map(|k| (env_key(k), k.clone()))
         .collect();
-    let env_var_for = |key: &str| by_key.get(key).cloned();
-    let source: config::Map<String, String> = env.into_iter().collect();
+    // The variable that set `key` or the list or table holding it (`workers.cores[1]` was set
+    // by VIPGATE_WORKERS__CORES).
+    let env_var_for = |key: &str| {
+        by_key
+            .iter()
+            .filter(|(k, _)| {
+                key.strip_prefix(k.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['[', '.']))
+            })
+            .max_by_key(|(k, _)| k.len())
+            .map(|(_, var)| var.clone())
+    };
+    let EnvSplit { lists, scalars } = split_env(env)?;
     let read_error = |e| from_config_crate(e, &env_var_for);
-    let merged = config::Config::builder()
+    let mut builder = config::Config::builder()
         .add_source(File::from_str(text, FileFormat::Toml))
         .add_source(
             Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
-                .source(Some(source)),
-        )
-        .build()
-        .map_err(read_error)?;
+                .source(Some(scalars)),
+        );
+    for (key, value) in lists {
+        builder = builder.set_override(key, value).map_err(read_error)?;
+    }
+    let merged = builder.build().map_err(read_error)?;
     check_tables(&merged).map_err(|e| read_error_origin(e, &env_var_for))?;
     let raw: RawFile = merged.try_deserialize().map_err(read_error)?;
     validate(raw).map_err(|e| e.with_env_origins(&env_var_for))
+}
+
+/// Keys holding a list of single values, which a variable sets as comma-separated items:
+/// `VIPGATE_WORKERS__CORES=0,1`, `VIPGATE_NAT__VIPS=203.0.113.10,203.0.113.11`.
+const LIST_KEYS: [&str; 2] = ["workers.cores", "nat.vips"];
+
+/// Keys holding a list of tables (`[[interfaces]]`), which only the file can set: a variable
+/// has no way to say which entry and field it means.
+const TABLE_LIST_KEYS: [&str; 4] = ["interfaces", "nat.dnat", "nat.pools", "nat.pat"];
+
+/// The variables of the environment, sorted for the `config` crate.
+struct EnvSplit {
+    /// The lists set by a variable, by key, with their items parsed.
+    lists: Vec<(String, config::Value)>,
+    /// Every other variable, for the `config` crate's environment source.
+    scalars: config::Map<String, String>,
+}
+
+/// Sorts `env` into lists and other variables; refuses a variable naming a list of tables,
+/// or a key inside one.
+///
+/// The lists are parsed here rather than by the `config` crate's `list_separator`: with
+/// number parsing on, it reads `VIPGATE_WORKERS__CORES=0` as the number 0 instead of a list,
+/// and it makes every item a string, which `workers.cores` (integers only) would refuse.
+fn split_env(env: HashMap<String, String>) -> Result<EnvSplit> {
+    let mut lists = Vec::new();
+    let mut scalars = config::Map::new();
+    let mut refused = Vec::new();
+    for (var, value) in env {
+        let key = env_key(&var);
+        let within = |table: &&&str| {
+            key.strip_prefix(**table)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        };
+        if !is_override(&var) {
+            scalars.insert(var, value);
+        } else if let Some(table) = TABLE_LIST_KEYS.iter().find(within) {
+            refused.push(
+                err(
+                    table,
+                    format!(
+                        "is a list of tables, which can only be set in the file; expected \
+                         [[{table}]] entries in the file and no environment variable"
+                    ),
+                )
+                .set_by_env(&var),
+            );
+        } else if LIST_KEYS.contains(&key.as_str()) {
+            let items: Vec<config::Value> = if value.trim().is_empty() {
+                Vec::new()
+            } else {
+                value
+                    .split(',')
+                    .map(|item| {
+                        let item = item.trim();
+                        // A number stays a number, so that workers.cores can refuse "x" in
+                        // the words it uses for the file; an address stays a string.
+                        match item.parse::<i64>() {
+                            Ok(n) if key == "workers.cores" => config::Value::from(n),
+                            _ => config::Value::from(item.to_string()),
+                        }
+                    })
+                    .collect()
+            };
+            lists.push((key, config::Value::from(items)));
+        } else {
+            scalars.insert(var, value);
+        }
+    }
+    // HashMap order is arbitrary; the problems come in the order of the keys.
+    refused.sort_by(|a, b| a.key().cmp(b.key()).then(a.env_var().cmp(&b.env_var())));
+    match ConfigError::all(refused) {
+        Some(e) => Err(e),
+        None => Ok(EnvSplit { lists, scalars }),
+    }
 }
 
 /// Refuses a list where a single table belongs (`[[xdp]]` for `[xdp]`): serde would read the

@@ -860,6 +860,94 @@ fn environment_overrides_nested_keys() {
 }
 
 #[test]
+fn environment_sets_lists_as_comma_separated_items() {
+    let c = Config::load_with_env(
+        &lab(),
+        env(&[
+            ("VIPGATE_WORKERS__CORES", "0,1"),
+            ("VIPGATE_NAT__VIPS", "203.0.113.10,203.0.113.11"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.workers, vec![0, 1]);
+    assert_eq!(c.nat.workers, 2);
+    assert_eq!(c.nat.vips, vec![VIP, Ipv4Addr::new(203, 0, 113, 11)]);
+    // One item is a list of one; spaces around items are left out.
+    let c = Config::load_with_env(&lab(), env(&[("VIPGATE_WORKERS__CORES", "3")])).unwrap();
+    assert_eq!(c.workers, vec![3]);
+    let c = Config::load_with_env(&lab(), env(&[("vipgate_workers__cores", " 2, 3 ")])).unwrap();
+    assert_eq!(c.workers, vec![2, 3]);
+    // Commas in other values are not separators.
+    let c = Config::load_with_env(&lab(), env(&[("VIPGATE_LOG__LEVEL", "info,vipgate=debug")]))
+        .unwrap();
+    assert_eq!(c.log.level, "info,vipgate=debug");
+
+    for (var, value, expect) in [
+        (
+            "VIPGATE_WORKERS__CORES",
+            "0,x",
+            "workers.cores[1]: string \"x\" has the wrong type; expected an integer",
+        ),
+        (
+            "VIPGATE_WORKERS__CORES",
+            "0,0",
+            "workers.cores[1]: 0 repeats workers.cores[0]; expected each CPU at most once",
+        ),
+        (
+            "VIPGATE_WORKERS__CORES",
+            "",
+            "workers.cores: [] is empty; expected at least one CPU, e.g. [0]",
+        ),
+        (
+            "VIPGATE_NAT__VIPS",
+            "203.0.113.10,203.0.113",
+            "nat.vips[1]: \"203.0.113\" is not an IPv4 address; expected a.b.c.d",
+        ),
+    ] {
+        let e = Config::load_with_env(&lab(), env(&[(var, value)])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{expect} (set by environment variable {var})"),
+            "{var}={value}"
+        );
+        assert_eq!(e.env_var(), Some(var));
+    }
+}
+
+#[test]
+fn environment_cannot_set_lists_of_tables() {
+    for (var, key) in [
+        ("VIPGATE_INTERFACES", "interfaces"),
+        ("VIPGATE_INTERFACES__0__NAME", "interfaces"),
+        ("VIPGATE_NAT__DNAT", "nat.dnat"),
+        ("VIPGATE_NAT__POOLS__BACKENDS", "nat.pools"),
+        ("VIPGATE_NAT__PAT", "nat.pat"),
+    ] {
+        let e = Config::load_with_env(&lab(), env(&[(var, "x")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{key}: is a list of tables, which can only be set in the file; expected \
+                 [[{key}]] entries in the file and no environment variable \
+                 (set by environment variable {var})"
+            )
+        );
+        assert_eq!((e.key(), e.env_var()), (key, Some(var)));
+    }
+    // Each is reported.
+    let e = Config::load_with_env(
+        &lab(),
+        env(&[("VIPGATE_NAT__PAT", "x"), ("VIPGATE_INTERFACES", "y")]),
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = e.problems().iter().map(|p| p.key()).collect();
+    assert_eq!(keys, ["interfaces", "nat.pat"]);
+    // A key that only starts like one is not one.
+    let c = Config::load_with_env(&lab(), env(&[("VIPGATE_NAT__PAT_PORTS", "2000-3000")])).unwrap();
+    assert_eq!((c.nat.port_lo, c.nat.port_hi), (2000, 3000));
+}
+
+#[test]
 fn environment_variable_names_are_case_insensitive() {
     let c = Config::load_with_env(&lab(), env(&[("vipgate_nat__capacity", "2048")])).unwrap();
     assert_eq!(c.nat.capacity, 2048);
