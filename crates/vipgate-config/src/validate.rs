@@ -617,21 +617,8 @@ fn xdp(raw: RawXdp, interfaces: usize, p: &mut Problems) -> Xdp {
     };
     let batch =
         int(raw.batch, d.batch as i64, "xdp.batch", 1, 1024).and_then(|b| to_usize(b, "xdp.batch"));
-    let ring = raw.ring.map_or(i64::from(d.ring), |v| v.0);
-    let ring = if (64..=16384).contains(&ring) && ring.count_ones() == 1 {
-        u32::try_from(ring).ok()
-    } else {
-        None
-    };
-    let ring = p.take(ring.ok_or_else(|| {
-        err(
-            "xdp.ring",
-            format!(
-                "{} is out of range; expected a power of two from 64 to 16384, e.g. 1024",
-                raw.ring.map_or(i64::from(d.ring), |v| v.0)
-            ),
-        )
-    }));
+    let ring = ring(raw.ring.map_or(i64::from(d.ring), |v| v.0));
+    let ring = p.take(ring);
     let frame_size = match raw.frame_size.map_or(i64::from(d.frame_size), |v| v.0) {
         2048 => 2048,
         4096 => 4096,
@@ -650,6 +637,20 @@ fn xdp(raw: RawXdp, interfaces: usize, p: &mut Problems) -> Xdp {
         frame_size,
         ring: ring.unwrap_or(d.ring),
     }
+}
+
+fn ring(ring: i64) -> Result<u32> {
+    u32::try_from(ring)
+        .ok()
+        .filter(|r| (64..=16384).contains(r) && r.is_power_of_two())
+        .ok_or_else(|| {
+            err(
+                "xdp.ring",
+                format!(
+                    "{ring} is out of range; expected a power of two from 64 to 16384, e.g. 1024"
+                ),
+            )
+        })
 }
 
 /// `xdp.frames`: a power of two, and when the ring size is known, enough for every
