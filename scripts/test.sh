@@ -9,14 +9,41 @@
 # Environment: FUZZ_SECONDS (per fuzz target, default 5) and the others of scripts/fuzz.sh.
 set -euo pipefail
 
+usage() {
+    cat <<'USAGE'
+usage: ./scripts/test.sh [-h|--help]
+
+Runs every test of vipgate, as root (or with sudo), stopping at the first failure:
+installs the Debian packages it lacks, then cargo fmt --check, cargo clippy -D warnings,
+cargo test --workspace (the system tests too when root and network namespaces are
+available), and short fuzz runs (scripts/fuzz.sh).
+
+Environment: FUZZ_SECONDS (seconds per fuzz target, default 5) and those of scripts/fuzz.sh.
+USAGE
+}
+
+case ${1:-} in
+"") ;;
+-h | --help)
+    usage
+    exit 0
+    ;;
+*)
+    usage >&2
+    exit 2
+    ;;
+esac
+
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 
 # What the steps below need beyond the toolchain: a C/C++ compiler and libc headers (the linker,
 # crates that build C, libFuzzer's C++ sources in libfuzzer-sys), CA certificates (crates.io
 # over TLS), iproute2 (`ip netns` for the system tests), nftables (the kernel gateway the
-# system-test harness checks itself against).
-readonly DEBIAN_PACKAGES=(ca-certificates gcc g++ libc6-dev iproute2 nftables)
+# system-test harness checks itself against), prometheus (the system tests scrape vipgate's
+# metrics with the real Prometheus server, so the format is checked by its consumer, not by
+# our own parser).
+readonly DEBIAN_PACKAGES=(ca-certificates gcc g++ libc6-dev iproute2 nftables prometheus)
 
 banner() {
     printf '\n==== %s ====\n' "$*"

@@ -11,37 +11,40 @@ enum Origin {
     Env(String),
 }
 
-/// A configuration vipgate refuses.
+/// A configuration vipgate refuses: every problem found, at least one.
 ///
-/// Its [`Display`](fmt::Display) is one line,
-/// `<key path>: <value> <problem>; <what would be accepted>`, followed by where the value
-/// came from when it came from an environment variable. It never names the file: the caller
-/// knows which file it loaded and says so once. For example
+/// Its [`Display`](fmt::Display) is one line per [`Problem`], in the order of the file's
+/// sections (workers, interfaces, xdp, nat, neighbors, icmp, log, control, metrics,
+/// events), each `<key path>: <value> <problem>; <what would be accepted>`. For example
 /// `interfaces[1].address: "198.18.0.1/33" is not an IPv4 prefix; expected a.b.c.d/len with
-/// len 0 to 32`.
+/// len 0 to 32`. It never names the file: the caller knows which file it loaded and says so
+/// once.
+///
+/// Problems the reader of the file finds (a TOML syntax error, an unknown key, a value of
+/// the wrong type) stop it, so they come alone; the validator goes on after a problem and
+/// leaves out only the checks that depend on the value it refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
+    /// Never empty.
+    problems: Vec<Problem>,
+}
+
+/// One problem of a [`ConfigError`]: a key, its value, what is wrong and what would be
+/// accepted.
+///
+/// Its [`Display`](fmt::Display) is one line,
+/// `<key path>: <value> <problem>; <what would be accepted>`, followed by
+/// `(set by environment variable VAR)` when the value came from one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
     key: String,
     problem: String,
     origin: Origin,
 }
 
-impl ConfigError {
-    pub(crate) fn new(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-        ConfigError {
-            key: key.into(),
-            problem: one_line(&problem.into()),
-            origin: Origin::Unstated,
-        }
-    }
-
-    pub(crate) fn set_by_env(mut self, var: &str) -> ConfigError {
-        self.origin = Origin::Env(var.to_string());
-        self
-    }
-
-    /// The key path the error is about, e.g. `nat.dnat[0].to` (empty when the error is about
-    /// the file as a whole, such as a TOML syntax error).
+impl Problem {
+    /// The key path the problem is about, e.g. `nat.dnat[0].to` (empty when it is about the
+    /// file as a whole, such as a TOML syntax error).
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -55,12 +58,12 @@ impl ConfigError {
     pub fn env_var(&self) -> Option<&str> {
         match &self.origin {
             Origin::Env(v) => Some(v),
-            _ => None,
+            Origin::Unstated => None,
         }
     }
 }
 
-impl fmt::Display for ConfigError {
+impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.key.is_empty() {
             f.write_str(&self.problem)?;
@@ -71,6 +74,83 @@ impl fmt::Display for ConfigError {
             Origin::Unstated => Ok(()),
             Origin::Env(var) => write!(f, " (set by environment variable {var})"),
         }
+    }
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            problems: vec![Problem {
+                key: key.into(),
+                problem: one_line(&problem.into()),
+                origin: Origin::Unstated,
+            }],
+        }
+    }
+
+    /// All the problems of `errors`, in order; `None` when there are none.
+    pub(crate) fn all(errors: Vec<ConfigError>) -> Option<ConfigError> {
+        let problems: Vec<Problem> = errors.into_iter().flat_map(|e| e.problems).collect();
+        (!problems.is_empty()).then_some(ConfigError { problems })
+    }
+
+    /// Marks every problem as set by `var`.
+    pub(crate) fn set_by_env(mut self, var: &str) -> ConfigError {
+        for p in &mut self.problems {
+            p.origin = Origin::Env(var.to_string());
+        }
+        self
+    }
+
+    /// Marks each problem whose key an environment variable set, as `env_var_for` says.
+    pub(crate) fn with_env_origins(
+        mut self,
+        env_var_for: &dyn Fn(&str) -> Option<String>,
+    ) -> ConfigError {
+        for p in &mut self.problems {
+            if let Some(var) = env_var_for(&p.key) {
+                p.origin = Origin::Env(var);
+            }
+        }
+        self
+    }
+
+    /// Every problem found, in the order of the file's sections; at least one.
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    fn first(&self) -> Option<&Problem> {
+        self.problems.first()
+    }
+
+    /// The key path the first problem is about, e.g. `nat.dnat[0].to` (empty when it is about
+    /// the file as a whole, such as a TOML syntax error).
+    pub fn key(&self) -> &str {
+        self.first().map_or("", Problem::key)
+    }
+
+    /// What is wrong with the first problem's value and what would be accepted, without the
+    /// key.
+    pub fn problem(&self) -> &str {
+        self.first().map_or("", Problem::problem)
+    }
+
+    /// The environment variable that set the first problem's value, if one did.
+    pub fn env_var(&self) -> Option<&str> {
+        self.first().and_then(Problem::env_var)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
     }
 }
 
@@ -109,10 +189,7 @@ pub(crate) fn read_error_origin(
     err: ConfigError,
     env_var_for: &dyn Fn(&str) -> Option<String>,
 ) -> ConfigError {
-    match env_var_for(&err.key) {
-        Some(var) => err.set_by_env(&var),
-        None => err,
-    }
+    err.with_env_origins(env_var_for)
 }
 
 /// Key path and problem of a deserialization error.
@@ -308,6 +385,27 @@ mod tests {
     }
 
     #[test]
+    fn several_problems_are_one_line_each() {
+        let e = ConfigError::all(vec![
+            ConfigError::new("xdp.batch", "0 is out of range; expected 1 to 1024"),
+            ConfigError::new("nat.capacity", "0 is out of range;\n expected 1 to 2"),
+        ])
+        .unwrap()
+        .with_env_origins(&|k| (k == "nat.capacity").then(|| "VIPGATE_NAT__CAPACITY".into()));
+        assert_eq!(
+            e.to_string(),
+            "xdp.batch: 0 is out of range; expected 1 to 1024\n\
+             nat.capacity: 0 is out of range; expected 1 to 2 \
+             (set by environment variable VIPGATE_NAT__CAPACITY)"
+        );
+        assert_eq!(e.key(), "xdp.batch");
+        assert_eq!(e.env_var(), None);
+        assert_eq!(e.problems()[1].key(), "nat.capacity");
+        assert_eq!(e.problems()[1].env_var(), Some("VIPGATE_NAT__CAPACITY"));
+        assert_eq!(ConfigError::all(Vec::new()), None);
+    }
+
+    #[test]
     fn display_names_the_origin() {
         let e = ConfigError::new("xdp.mode", "\"x\" is bad;\n expected y")
             .set_by_env("VIPGATE_XDP__MODE");
@@ -316,6 +414,7 @@ mod tests {
             "xdp.mode: \"x\" is bad; expected y (set by environment variable VIPGATE_XDP__MODE)"
         );
         assert_eq!(e.env_var(), Some("VIPGATE_XDP__MODE"));
+        assert_eq!(e.problems().len(), 1);
         let e = ConfigError::new("", "cannot read the file: gone");
         assert_eq!(e.to_string(), "cannot read the file: gone");
         assert_eq!(e.key(), "");

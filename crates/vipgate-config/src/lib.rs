@@ -4,14 +4,18 @@
 //! The file is read with the `config` crate into a loose form that mirrors the file
 //! (unknown keys refused), then validated into [`Config`]: every value in range and every
 //! cross-reference consistent (VIPs on a public segment, backends reachable on the private
-//! side, rules that do not overlap). The first problem found comes back as a
-//! [`ConfigError`], one line naming the key, the value and what would be accepted.
+//! side, rules that do not overlap). Every problem found comes back in one [`ConfigError`],
+//! one line each naming the key, the value and what would be accepted: the validator goes on
+//! across sections and list items, and skips only the checks that need a value it refused.
 //!
 //! Environment variables override single keys of the file: `VIPGATE_<SECTION>__<KEY>`, with
 //! `__` between nested keys, e.g. `VIPGATE_NAT__CAPACITY=4096`, `VIPGATE_XDP__MODE=drv`,
 //! `VIPGATE_NAT__TIMEOUTS__UDP=120`. Values that look like numbers or booleans are read as
-//! such. Lists and array entries (`workers.cores`, `interfaces`) can't be set this way.
-//! A `VIPGATE_*` variable that names no key is an error, like an unknown key in the file.
+//! such. The two lists of single values are written as comma-separated items:
+//! `VIPGATE_WORKERS__CORES=0,1`, `VIPGATE_NAT__VIPS=203.0.113.10,203.0.113.11` (one item is
+//! a list of one). The lists of tables (`interfaces`, `nat.dnat`, `nat.pools`, `nat.pat`,
+//! and so everything inside them) can only be set in the file: a variable naming one is an
+//! error. So is a `VIPGATE_*` variable that names no key, like an unknown key in the file.
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -31,9 +35,13 @@
 //!     [nat]
 //!     vips = ["203.0.113.10"]
 //! "#;
-//! let env = HashMap::from([("VIPGATE_XDP__MODE".to_string(), "drv".to_string())]);
+//! let env = HashMap::from([
+//!     ("VIPGATE_XDP__MODE".to_string(), "drv".to_string()),
+//!     ("VIPGATE_WORKERS__CORES".to_string(), "0,1".to_string()),
+//! ]);
 //! let config = Config::from_toml_str(file, env).unwrap();
 //! assert_eq!(config.xdp.mode, XdpMode::Drv);
+//! assert_eq!(config.workers, [0, 1]);
 //!
 //! let env = HashMap::from([("VIPGATE_NAT__CAPACITY".to_string(), "0".to_string())]);
 //! let e = Config::from_toml_str(file, env).unwrap_err();
@@ -53,9 +61,10 @@ use vipgate_nat::Side;
 
 mod error;
 mod raw;
+mod reload;
 mod validate;
 
-pub use error::ConfigError;
+pub use error::{ConfigError, Problem};
 
 /// The prefix of environment variables that override keys of the file.
 pub const ENV_PREFIX: &str = "VIPGATE";
@@ -273,9 +282,10 @@ impl Config {
     /// Loads `path` with the process's `VIPGATE_*` environment variables applied on top.
     ///
     /// # Errors
-    /// A [`ConfigError`] for an unreadable file, a TOML syntax error, an unknown key, a value
-    /// of the wrong type or an inconsistent configuration; the first one found. It does not
-    /// name `path`: the caller says which file it loaded.
+    /// A [`ConfigError`] for an unreadable file, a TOML syntax error, an unknown key or a
+    /// value of the wrong type (the first one found: reading stops there), or else for every
+    /// inconsistency the validator finds. It does not name `path`: the caller says which file
+    /// it loaded.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::load_with_env(path, process_env()?)
     }

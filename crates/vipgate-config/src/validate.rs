@@ -66,26 +66,111 @@ pub(crate) fn load(text: &str, env: HashMap<String, String>) -> Result<Config> {
         .filter(|k| is_override(k))
         .map(|k| (env_key(k), k.clone()))
         .collect();
-    let env_var_for = |key: &str| by_key.get(key).cloned();
-    let source: config::Map<String, String> = env.into_iter().collect();
+    // The variable that set `key` or the list or table holding it (`workers.cores[1]` was set
+    // by VIPGATE_WORKERS__CORES).
+    let env_var_for = |key: &str| {
+        by_key
+            .iter()
+            .filter(|(k, _)| {
+                key.strip_prefix(k.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['[', '.']))
+            })
+            .max_by_key(|(k, _)| k.len())
+            .map(|(_, var)| var.clone())
+    };
+    let EnvSplit { lists, scalars } = split_env(env)?;
     let read_error = |e| from_config_crate(e, &env_var_for);
-    let merged = config::Config::builder()
+    let mut builder = config::Config::builder()
         .add_source(File::from_str(text, FileFormat::Toml))
         .add_source(
             Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
-                .source(Some(source)),
-        )
-        .build()
-        .map_err(read_error)?;
+                .source(Some(scalars)),
+        );
+    for (key, value) in lists {
+        builder = builder.set_override(key, value).map_err(read_error)?;
+    }
+    let merged = builder.build().map_err(read_error)?;
     check_tables(&merged).map_err(|e| read_error_origin(e, &env_var_for))?;
     let raw: RawFile = merged.try_deserialize().map_err(read_error)?;
-    validate(raw).map_err(|e| match env_var_for(e.key()) {
-        Some(var) => e.set_by_env(&var),
-        None => e,
-    })
+    validate(raw).map_err(|e| e.with_env_origins(&env_var_for))
+}
+
+/// Keys holding a list of single values, which a variable sets as comma-separated items:
+/// `VIPGATE_WORKERS__CORES=0,1`, `VIPGATE_NAT__VIPS=203.0.113.10,203.0.113.11`.
+const LIST_KEYS: [&str; 2] = ["workers.cores", "nat.vips"];
+
+/// Keys holding a list of tables (`[[interfaces]]`), which only the file can set: a variable
+/// has no way to say which entry and field it means.
+const TABLE_LIST_KEYS: [&str; 4] = ["interfaces", "nat.dnat", "nat.pools", "nat.pat"];
+
+/// The variables of the environment, sorted for the `config` crate.
+struct EnvSplit {
+    /// The lists set by a variable, by key, with their items parsed.
+    lists: Vec<(String, config::Value)>,
+    /// Every other variable, for the `config` crate's environment source.
+    scalars: config::Map<String, String>,
+}
+
+/// Sorts `env` into lists and other variables; refuses a variable naming a list of tables,
+/// or a key inside one.
+///
+/// The lists are parsed here rather than by the `config` crate's `list_separator`: with
+/// number parsing on, it reads `VIPGATE_WORKERS__CORES=0` as the number 0 instead of a list,
+/// and it makes every item a string, which `workers.cores` (integers only) would refuse.
+fn split_env(env: HashMap<String, String>) -> Result<EnvSplit> {
+    let mut lists = Vec::new();
+    let mut scalars = config::Map::new();
+    let mut refused = Vec::new();
+    for (var, value) in env {
+        let key = env_key(&var);
+        let within = |table: &&&str| {
+            key.strip_prefix(**table)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        };
+        if !is_override(&var) {
+            scalars.insert(var, value);
+        } else if let Some(table) = TABLE_LIST_KEYS.iter().find(within) {
+            refused.push(
+                err(
+                    table,
+                    format!(
+                        "is a list of tables, which can only be set in the file; expected \
+                         [[{table}]] entries in the file and no environment variable"
+                    ),
+                )
+                .set_by_env(&var),
+            );
+        } else if LIST_KEYS.contains(&key.as_str()) {
+            let items: Vec<config::Value> = if value.trim().is_empty() {
+                Vec::new()
+            } else {
+                value
+                    .split(',')
+                    .map(|item| {
+                        let item = item.trim();
+                        // A number stays a number, so that workers.cores can refuse "x" in
+                        // the words it uses for the file; an address stays a string.
+                        match item.parse::<i64>() {
+                            Ok(n) if key == "workers.cores" => config::Value::from(n),
+                            _ => config::Value::from(item.to_string()),
+                        }
+                    })
+                    .collect()
+            };
+            lists.push((key, config::Value::from(items)));
+        } else {
+            scalars.insert(var, value);
+        }
+    }
+    // HashMap order is arbitrary; the problems come in the order of the keys.
+    refused.sort_by(|a, b| a.key().cmp(b.key()).then(a.env_var().cmp(&b.env_var())));
+    match ConfigError::all(refused) {
+        Some(e) => Err(e),
+        None => Ok(EnvSplit { lists, scalars }),
+    }
 }
 
 /// Refuses a list where a single table belongs (`[[xdp]]` for `[xdp]`): serde would read the
@@ -113,6 +198,47 @@ fn check_tables(merged: &config::Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The problems found so far. The validator goes on after a problem so that one run reports
+/// them all; a check that needs a value refused earlier is skipped rather than run on a
+/// stand-in, which would report problems that are not there.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    /// The value, or `None` with its problem kept.
+    fn take<T>(&mut self, r: Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.push(e);
+                None
+            }
+        }
+    }
+
+    /// The value, or `stand_in` with its problem kept. Only for values no later check reads:
+    /// the stand-in never reaches a [`Config`], since a problem fails the whole load.
+    fn or<T>(&mut self, r: Result<T>, stand_in: T) -> T {
+        self.take(r).unwrap_or(stand_in)
+    }
+
+    fn push(&mut self, e: ConfigError) {
+        self.0.push(e);
+    }
+
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    /// `v` if no problem was found.
+    fn finish<T>(self, v: T) -> Result<T> {
+        match ConfigError::all(self.0) {
+            None => Ok(v),
+            Some(e) => Err(e),
+        }
+    }
 }
 
 fn err(key: &str, problem: impl Into<String>) -> ConfigError {
@@ -263,24 +389,36 @@ fn join_nets(nets: &[Ipv4Net]) -> String {
         .join(" or ")
 }
 
+/// Every section is checked, whatever the others hold; within a list, every item. What
+/// depends on another section is checked only when that section is valid: the NAT section's
+/// addresses need the interfaces, the PAT port shares need the number of workers.
 fn validate(raw: RawFile) -> Result<Config> {
-    let workers = workers(raw.workers.and_then(|w| w.cores))?;
-    let interfaces = interfaces(raw.interfaces.unwrap_or_default())?;
-    let xdp = xdp(raw.xdp.unwrap_or_default(), interfaces.len())?;
-    let nat = nat(raw.nat.unwrap_or_default(), &interfaces, workers.len())?;
-    let neighbors = neighbors(raw.neighbors.unwrap_or_default())?;
+    let mut p = Problems::default();
+    let workers = p.take(workers(raw.workers.and_then(|w| w.cores)));
+    let raw_interfaces = raw.interfaces.unwrap_or_default();
+    // The UMEM needs room for every interface's rings, valid or not.
+    let interface_count = raw_interfaces.len();
+    let interfaces = interfaces(raw_interfaces, &mut p);
+    let xdp = xdp(raw.xdp.unwrap_or_default(), interface_count, &mut p);
+    let nat = nat(
+        raw.nat.unwrap_or_default(),
+        interfaces.as_deref(),
+        workers.as_ref().map(Vec::len),
+        &mut p,
+    );
+    let neighbors = neighbors(raw.neighbors.unwrap_or_default(), &mut p);
     let rate = raw.icmp.and_then(|i| i.rate);
     let icmp = Icmp {
-        rate: int_u32(rate, Icmp::default().rate, "icmp.rate", 0)?,
+        rate: p.or(int_u32(rate, Icmp::default().rate, "icmp.rate", 0), 0),
     };
-    let log = log(raw.log.unwrap_or_default())?;
-    let control = control(raw.control.unwrap_or_default())?;
-    let metrics = metrics(raw.metrics.unwrap_or_default())?;
-    let events = events(raw.events.unwrap_or_default())?;
-    Ok(Config {
-        workers,
+    let log = log(raw.log.unwrap_or_default(), &mut p);
+    let control = p.or(control(raw.control.unwrap_or_default()), Control::default());
+    let metrics = p.or(metrics(raw.metrics.unwrap_or_default()), Metrics::default());
+    let events = events(raw.events.unwrap_or_default(), &mut p);
+    p.finish(Config {
+        workers: workers.unwrap_or_default(),
         xdp,
-        interfaces,
+        interfaces: interfaces.unwrap_or_default(),
         nat,
         neighbors,
         icmp,
@@ -291,11 +429,11 @@ fn validate(raw: RawFile) -> Result<Config> {
     })
 }
 
-fn log(raw: RawLog) -> Result<Log> {
+fn log(raw: RawLog, p: &mut Problems) -> Log {
     let level = match raw.level {
         None => Log::default().level,
         Some(level) => {
-            log_level(&level)?;
+            p.take(log_level(&level));
             level
         }
     };
@@ -303,13 +441,14 @@ fn log(raw: RawLog) -> Result<Log> {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
         Some(other) => {
-            return Err(err(
+            p.push(err(
                 "log.format",
                 format!("{other:?} is not a log format; expected \"text\" or \"json\""),
-            ))
+            ));
+            LogFormat::Text
         }
     };
-    Ok(Log { level, format })
+    Log { level, format }
 }
 
 /// Checks `log.level` as `tracing`'s filter would read it, within what vipgate documents: a
@@ -405,35 +544,36 @@ fn metrics(raw: RawMetrics) -> Result<Metrics> {
     Ok(Metrics { listen: Some(a) })
 }
 
-fn events(raw: RawEvents) -> Result<Events> {
+fn events(raw: RawEvents, p: &mut Problems) -> Events {
     let d = Events::default();
-    let file = match raw.file {
-        None => None,
-        Some(f) => Some(file_path(
+    let file = raw.file.and_then(|f| {
+        p.take(file_path(
             &f,
             "events.file",
             "/var/log/vipgate/nat-events.log",
-        )?),
-    };
+        ))
+    });
     let rate = int(
         raw.rate,
         i64::from(d.rate),
         "events.rate",
         1,
         EVENTS_RATE_MAX,
-    )?;
+    )
+    .and_then(|r| u32::try_from(r).map_err(|_| err("events.rate", format!("{r} is out of range"))));
     let queue = int(
         raw.queue,
         d.queue as i64,
         "events.queue",
         EVENTS_QUEUE_MIN,
         EVENTS_QUEUE_MAX,
-    )?;
-    Ok(Events {
+    )
+    .and_then(|q| to_usize(q, "events.queue"));
+    Events {
         file,
-        rate: u32::try_from(rate).map_err(|_| err("events.rate", "out of range"))?,
-        queue: to_usize(queue, "events.queue")?,
-    })
+        rate: p.or(rate, d.rate),
+        queue: p.or(queue, d.queue),
+    }
 }
 
 fn workers(cores: Option<Vec<Int>>) -> Result<Vec<usize>> {
@@ -462,61 +602,87 @@ fn workers(cores: Option<Vec<Int>>) -> Result<Vec<usize>> {
     Ok(out)
 }
 
-fn xdp(raw: RawXdp, interfaces: usize) -> Result<Xdp> {
+fn xdp(raw: RawXdp, interfaces: usize, p: &mut Problems) -> Xdp {
     let d = Xdp::default();
     let mode = match raw.mode.as_deref() {
         None | Some("skb") => XdpMode::Skb,
         Some("drv") => XdpMode::Drv,
         Some(other) => {
-            return Err(err(
+            p.push(err(
                 "xdp.mode",
                 format!("{other:?} is not an XDP mode; expected \"skb\" or \"drv\""),
-            ))
+            ));
+            d.mode
         }
     };
-    let batch = int(raw.batch, d.batch as i64, "xdp.batch", 1, 1024)?;
-    let ring = raw.ring.map_or(i64::from(d.ring), |v| v.0);
-    if !(64..=16384).contains(&ring) || ring.count_ones() != 1 {
-        return Err(err(
-            "xdp.ring",
-            format!("{ring} is out of range; expected a power of two from 64 to 16384, e.g. 1024"),
-        ));
+    let batch =
+        int(raw.batch, d.batch as i64, "xdp.batch", 1, 1024).and_then(|b| to_usize(b, "xdp.batch"));
+    let ring = ring(raw.ring.map_or(i64::from(d.ring), |v| v.0));
+    let ring = p.take(ring);
+    let frame_size = match raw.frame_size.map_or(i64::from(d.frame_size), |v| v.0) {
+        2048 => 2048,
+        4096 => 4096,
+        other => {
+            p.push(err(
+                "xdp.frame_size",
+                format!("{other} is not a supported frame size; expected 2048 or 4096"),
+            ));
+            d.frame_size
+        }
+    };
+    Xdp {
+        mode,
+        batch: p.or(batch, d.batch),
+        frames: p.or(frames(raw.frames, ring, interfaces), d.frames),
+        frame_size,
+        ring: ring.unwrap_or(d.ring),
     }
-    let frame_size = raw.frame_size.map_or(i64::from(d.frame_size), |v| v.0);
-    if frame_size != 2048 && frame_size != 4096 {
-        return Err(err(
-            "xdp.frame_size",
-            format!("{frame_size} is not a supported frame size; expected 2048 or 4096"),
-        ));
-    }
+}
+
+fn ring(ring: i64) -> Result<u32> {
+    u32::try_from(ring)
+        .ok()
+        .filter(|r| (64..=16384).contains(r) && r.is_power_of_two())
+        .ok_or_else(|| {
+            err(
+                "xdp.ring",
+                format!(
+                    "{ring} is out of range; expected a power of two from 64 to 16384, e.g. 1024"
+                ),
+            )
+        })
+}
+
+/// `xdp.frames`: a power of two, and when the ring size is known, enough for every
+/// interface's rings.
+fn frames(raw: Option<Int>, ring: Option<u32>, interfaces: usize) -> Result<u32> {
+    let key = "xdp.frames";
     // Each interface's fill and RX rings can hold `ring` frames each while its TX and
     // completion rings hold as many again: fewer frames and a full ring starves another.
-    let min = (2 * ring * interfaces.max(1) as i64).min(FRAMES_MAX);
-    let frames = raw.frames.map_or(i64::from(d.frames), |v| v.0);
+    let min = ring.map(|ring| (2 * i64::from(ring) * interfaces.max(1) as i64).min(FRAMES_MAX));
+    let frames = raw.map_or(i64::from(Xdp::default().frames), |v| v.0);
     if frames <= 0 || frames.count_ones() != 1 || frames > FRAMES_MAX {
+        let expected = match min {
+            Some(min) => format!("a power of two from {min} to {FRAMES_MAX}, e.g. {min}"),
+            None => format!("a power of two up to {FRAMES_MAX}"),
+        };
         return Err(err(
-            "xdp.frames",
-            format!(
-                "{frames} is out of range; expected a power of two from {min} to {FRAMES_MAX}, e.g. {min}"
-            ),
+            key,
+            format!("{frames} is out of range; expected {expected}"),
         ));
     }
-    if frames < min {
-        return Err(err(
-            "xdp.frames",
-            format!(
-                "{frames} is too few for {interfaces} interfaces with rings of {ring}; \
-                 expected a power of two of at least 2 x ring x interfaces = {min}"
-            ),
-        ));
+    if let (Some(min), Some(ring)) = (min, ring) {
+        if frames < min {
+            return Err(err(
+                key,
+                format!(
+                    "{frames} is too few for {interfaces} interfaces with rings of {ring}; \
+                     expected a power of two of at least 2 x ring x interfaces = {min}"
+                ),
+            ));
+        }
     }
-    Ok(Xdp {
-        mode,
-        batch: to_usize(batch, "xdp.batch")?,
-        frames: u32::try_from(frames).map_err(|_| err("xdp.frames", "out of range"))?,
-        frame_size: u32::try_from(frame_size).map_err(|_| err("xdp.frame_size", "out of range"))?,
-        ring: u32::try_from(ring).map_err(|_| err("xdp.ring", "out of range"))?,
-    })
+    u32::try_from(frames).map_err(|_| err(key, format!("{frames} is out of range")))
 }
 
 fn ifname(name: Option<String>, key: &str) -> Result<String> {
@@ -595,106 +761,133 @@ fn unicast(a: Ipv4Addr) -> bool {
     !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast())
 }
 
-fn interfaces(raw: Vec<RawInterface>) -> Result<Vec<Interface>> {
-    let mut out: Vec<Interface> = Vec::with_capacity(raw.len());
+/// The interfaces, or `None` when any has a problem (each is reported): the NAT section is
+/// checked against them, and against a partial list it would report problems that are not
+/// there.
+fn interfaces(raw: Vec<RawInterface>, p: &mut Problems) -> Option<Vec<Interface>> {
+    // The valid interfaces with their index in the file.
+    let mut valid: Vec<(usize, Interface)> = Vec::with_capacity(raw.len());
     // Every destination prefix with its key: directly connected subnets and routes. The
     // default route counts as 0.0.0.0/0, so a gateway and a /0 route can't both be set.
     let mut dests: Vec<(Ipv4Net, String)> = Vec::new();
+    let count = raw.len();
     for (i, r) in raw.into_iter().enumerate() {
-        let at = format!("interfaces[{i}]");
-        let name = ifname(r.name, &format!("{at}.name"))?;
-        if let Some(j) = out.iter().position(|o| o.name == name) {
-            return Err(err(
-                &format!("{at}.name"),
-                format!("{name:?} repeats interfaces[{j}].name; expected unique names"),
-            ));
+        // Each is checked against the valid ones before it.
+        if let Some((iface, its_dests)) = p.take(interface(r, i, &valid, &dests)) {
+            valid.push((i, iface));
+            dests.extend(its_dests);
         }
-        let side = side(r.side.as_deref(), &format!("{at}.side"))?;
-        let key = format!("{at}.address");
-        let text = required(
-            r.address,
-            &key,
-            "expected the gateway's address and subnet on this segment, e.g. \"203.0.113.1/24\"",
-        )?;
-        let (addr, len) = addr_len(&text, &key)?;
-        if len == 0 || len > 30 {
-            return Err(err(
-                &key,
-                format!(
-                    "{text:?} leaves no room for neighbors on the segment; \
-                     expected a prefix length 1 to 30"
-                ),
-            ));
-        }
-        let net = network(addr, len);
-        if !unicast(addr) {
-            return Err(err(
-                &key,
-                format!("{text:?} is not a unicast address; expected a host address"),
-            ));
-        }
-        host_in_subnet(net, addr, &key)?;
-        for (j, o) in out.iter().enumerate() {
-            if o.net.contains(net.addr) || net.contains(o.net.addr) {
-                return Err(err(
-                    &key,
-                    format!(
-                        "{text:?} overlaps interfaces[{j}].address {}/{} ({}); \
-                         expected disjoint subnets",
-                        o.addr, o.net.len, o.name
-                    ),
-                ));
-            }
-        }
-        check_repeat(&dests, net, &key)?;
-        let mut iface = Interface {
-            name,
-            side,
-            addr,
-            net,
-            gateway: None,
-            routes: Vec::new(),
-        };
-        dests.push((net, key));
-        if let Some(g) = r.gateway {
-            let key = format!("{at}.gateway");
-            let g = parse_addr(&g, &key)?;
-            neighbor_on(&iface, g, &key)?;
-            let default = Ipv4Net {
-                addr: Ipv4Addr::UNSPECIFIED,
-                len: 0,
-            };
-            check_repeat(&dests, default, &key)?;
-            dests.push((default, key));
-            iface.gateway = Some(g);
-        }
-        for (k, route) in r.routes.unwrap_or_default().into_iter().enumerate() {
-            let rk = format!("{at}.routes[{k}]");
-            let pk = format!("{rk}.prefix");
-            let p = required(route.prefix, &pk, "expected a destination prefix")?;
-            let p = prefix(&p, &pk)?;
-            let vk = format!("{rk}.via");
-            let via = required(route.via, &vk, "expected the next hop's address")?;
-            let via = parse_addr(&via, &vk)?;
-            neighbor_on(&iface, via, &vk)?;
-            check_repeat(&dests, p, &pk)?;
-            dests.push((p, pk));
-            iface.routes.push(Route { net: p, via });
-        }
-        out.push(iface);
     }
+    if valid.len() < count {
+        return None;
+    }
+    let out: Vec<Interface> = valid.into_iter().map(|(_, iface)| iface).collect();
     for (side, name) in [(Side::Public, "public"), (Side::Private, "private")] {
         if !out.iter().any(|i| i.side == side) {
-            return Err(err(
+            p.push(err(
                 "interfaces",
                 format!(
                     "no interface has side \"{name}\"; expected at least one public and one \
                      private interface"
                 ),
             ));
+            return None;
         }
     }
-    Ok(out)
+    Some(out)
+}
+
+/// Interface `i`, checked against the valid interfaces before it (`earlier`, with their
+/// index) and their destinations; with its own destinations (subnet, default route, routes).
+fn interface(
+    r: RawInterface,
+    i: usize,
+    earlier: &[(usize, Interface)],
+    dests: &[(Ipv4Net, String)],
+) -> Result<(Interface, Vec<(Ipv4Net, String)>)> {
+    let at = format!("interfaces[{i}]");
+    let name = ifname(r.name, &format!("{at}.name"))?;
+    if let Some((j, _)) = earlier.iter().find(|(_, o)| o.name == name) {
+        return Err(err(
+            &format!("{at}.name"),
+            format!("{name:?} repeats interfaces[{j}].name; expected unique names"),
+        ));
+    }
+    let side = side(r.side.as_deref(), &format!("{at}.side"))?;
+    let key = format!("{at}.address");
+    let text = required(
+        r.address,
+        &key,
+        "expected the gateway's address and subnet on this segment, e.g. \"203.0.113.1/24\"",
+    )?;
+    let (addr, len) = addr_len(&text, &key)?;
+    if len == 0 || len > 30 {
+        return Err(err(
+            &key,
+            format!(
+                "{text:?} leaves no room for neighbors on the segment; \
+                 expected a prefix length 1 to 30"
+            ),
+        ));
+    }
+    let net = network(addr, len);
+    if !unicast(addr) {
+        return Err(err(
+            &key,
+            format!("{text:?} is not a unicast address; expected a host address"),
+        ));
+    }
+    host_in_subnet(net, addr, &key)?;
+    for (j, o) in earlier {
+        if o.net.contains(net.addr) || net.contains(o.net.addr) {
+            return Err(err(
+                &key,
+                format!(
+                    "{text:?} overlaps interfaces[{j}].address {}/{} ({}); \
+                     expected disjoint subnets",
+                    o.addr, o.net.len, o.name
+                ),
+            ));
+        }
+    }
+    let mut dests = dests.to_vec();
+    let first_own = dests.len();
+    check_repeat(&dests, net, &key)?;
+    let mut iface = Interface {
+        name,
+        side,
+        addr,
+        net,
+        gateway: None,
+        routes: Vec::new(),
+    };
+    dests.push((net, key));
+    if let Some(g) = r.gateway {
+        let key = format!("{at}.gateway");
+        let g = parse_addr(&g, &key)?;
+        neighbor_on(&iface, g, &key)?;
+        let default = Ipv4Net {
+            addr: Ipv4Addr::UNSPECIFIED,
+            len: 0,
+        };
+        check_repeat(&dests, default, &key)?;
+        dests.push((default, key));
+        iface.gateway = Some(g);
+    }
+    for (k, route) in r.routes.unwrap_or_default().into_iter().enumerate() {
+        let rk = format!("{at}.routes[{k}]");
+        let pk = format!("{rk}.prefix");
+        let p = required(route.prefix, &pk, "expected a destination prefix")?;
+        let p = prefix(&p, &pk)?;
+        let vk = format!("{rk}.via");
+        let via = required(route.via, &vk, "expected the next hop's address")?;
+        let via = parse_addr(&via, &vk)?;
+        neighbor_on(&iface, via, &vk)?;
+        check_repeat(&dests, p, &pk)?;
+        dests.push((p, pk));
+        iface.routes.push(Route { net: p, via });
+    }
+    Ok((iface, dests.split_off(first_own)))
 }
 
 fn check_repeat(dests: &[(Ipv4Net, String)], p: Ipv4Net, key: &str) -> Result<()> {
@@ -830,23 +1023,18 @@ impl Segments<'_> {
     }
 }
 
-fn nat(raw: RawNat, interfaces: &[Interface], workers: usize) -> Result<NatConfig> {
-    let seg = Segments { interfaces };
+/// The NAT section. Its own values are always checked; its addresses only against valid
+/// `interfaces`, the DNAT rules and pools only against valid VIPs, the PAT port shares only
+/// for a valid number of `workers`, and the engine's own checks (overlaps, Maglev tables)
+/// only when everything they read is valid.
+fn nat(
+    raw: RawNat,
+    interfaces: Option<&[Interface]>,
+    workers: Option<usize>,
+    p: &mut Problems,
+) -> NatConfig {
     let d = NatConfig::default();
-
-    let mut vips: Vec<Ipv4Addr> = Vec::new();
-    for (i, v) in raw.vips.unwrap_or_default().iter().enumerate() {
-        let key = format!("nat.vips[{i}]");
-        let a = parse_addr(v, &key)?;
-        if let Some(j) = vips.iter().position(|o| *o == a) {
-            return Err(err(
-                &key,
-                format!("{a} repeats nat.vips[{j}]; expected each VIP once"),
-            ));
-        }
-        seg.public_addr(a, &key, "a VIP")?;
-        vips.push(a);
-    }
+    let before = p.count();
 
     let capacity = int(
         raw.capacity,
@@ -854,134 +1042,210 @@ fn nat(raw: RawNat, interfaces: &[Interface], workers: usize) -> Result<NatConfi
         "nat.capacity",
         1,
         i64::from(ConnTable::MAX_CAPACITY),
-    )?;
+    )
+    .and_then(|c| {
+        u32::try_from(c).map_err(|_| err("nat.capacity", format!("{c} is out of range")))
+    });
+    let capacity = p.or(capacity, d.capacity);
     let filtering = match raw.filtering.as_deref() {
         None => d.filtering,
         Some("address-and-port-dependent") => Filtering::AddressAndPortDependent,
         Some("endpoint-independent") => Filtering::EndpointIndependent,
         Some(other) => {
-            return Err(err(
+            p.push(err(
                 "nat.filtering",
                 format!(
                     "{other:?} is not a filtering behaviour; expected \
                      \"address-and-port-dependent\" or \"endpoint-independent\""
                 ),
-            ))
+            ));
+            d.filtering
         }
     };
-    let (port_lo, port_hi) = match raw.pat_ports.as_deref() {
-        None => (d.port_lo, d.port_hi),
-        Some(s) => port_range(s).ok_or_else(|| {
+    let pat_ports = match raw.pat_ports.as_deref() {
+        None => Some((d.port_lo, d.port_hi)),
+        Some(s) => p.take(port_range(s).ok_or_else(|| {
             err(
                 "nat.pat_ports",
                 format!(
                     "{s:?} is not a port range; expected \"lo-hi\" with 1 <= lo <= hi <= 65535"
                 ),
             )
-        })?,
+        })),
     };
-    let pat_ports = usize::from(port_hi - port_lo) + 1;
-    if workers > pat_ports {
-        return Err(err(
-            "workers.cores",
-            format!(
-                "{workers} workers but nat.pat_ports has only {pat_ports} ports; expected at \
-                 most one worker per PAT port"
-            ),
-        ));
-    }
-    let workers = u16::try_from(workers).map_err(|_| {
-        err(
-            "workers.cores",
-            format!("{workers} workers; expected at most {}", u16::MAX),
-        )
-    })?;
+    let workers = workers.and_then(|workers| {
+        if let Some((port_lo, port_hi)) = pat_ports {
+            let ports = usize::from(port_hi - port_lo) + 1;
+            if workers > ports {
+                p.push(err(
+                    "workers.cores",
+                    format!(
+                        "{workers} workers but nat.pat_ports has only {ports} ports; expected at \
+                         most one worker per PAT port"
+                    ),
+                ));
+                return None;
+            }
+        }
+        p.take(u16::try_from(workers).map_err(|_| {
+            err(
+                "workers.cores",
+                format!("{workers} workers; expected at most {}", u16::MAX),
+            )
+        }))
+    });
+    let (port_lo, port_hi) = pat_ports.unwrap_or((d.port_lo, d.port_hi));
     let frag_entries = int(
         raw.frag_entries,
         d.frag_entries as i64,
         "nat.frag_entries",
         1,
         FRAG_ENTRIES_MAX,
-    )?;
-    let frag_timeout = int_u32(raw.frag_timeout, d.frag_timeout, "nat.frag_timeout", 1)?;
+    )
+    .and_then(|f| to_usize(f, "nat.frag_entries"));
+    let frag_timeout = int_u32(raw.frag_timeout, d.frag_timeout, "nat.frag_timeout", 1);
     let frag_hold = int(
         raw.frag_hold,
         d.frag_hold as i64,
         "nat.frag_hold",
         0,
         FRAG_HOLD_MAX,
-    )?;
-    let timeouts = timeouts(raw.timeouts.unwrap_or_default())?;
+    )
+    .and_then(|f| to_usize(f, "nat.frag_hold"));
+    let frag_entries = p.or(frag_entries, d.frag_entries);
+    let frag_timeout = p.or(frag_timeout, d.frag_timeout);
+    let frag_hold = p.or(frag_hold, d.frag_hold);
+    let timeouts = timeouts(raw.timeouts.unwrap_or_default(), p);
 
-    let mut dnat = Vec::new();
-    for (i, r) in raw.dnat.unwrap_or_default().into_iter().enumerate() {
-        dnat.push(dnat_rule(r, &format!("nat.dnat[{i}]"), &vips, &seg)?);
-    }
-    let mut pools: Vec<Pool> = Vec::new();
-    for (i, p) in raw.pools.unwrap_or_default().into_iter().enumerate() {
-        let at = format!("nat.pools[{i}]");
-        let pool = pool(p, &at, &vips, &seg)?;
-        if let Some(j) = pools.iter().position(|o| o.name == pool.name) {
-            return Err(err(
-                &format!("{at}.name"),
-                format!(
-                    "{:?} repeats nat.pools[{j}].name; expected unique names",
-                    pool.name
-                ),
-            ));
-        }
-        pools.push(pool);
-    }
-    let mut pat = Vec::new();
-    for (i, r) in raw.pat.unwrap_or_default().into_iter().enumerate() {
-        pat.push(pat_rule(r, &format!("nat.pat[{i}]"), &seg)?);
-    }
-    if vips.is_empty() && pat.is_empty() {
-        return Err(err(
+    let raw_vips = raw.vips.unwrap_or_default();
+    let raw_pat = raw.pat.unwrap_or_default();
+    if raw_vips.is_empty() && raw_pat.is_empty() {
+        p.push(err(
             "nat",
             "translates nothing; expected at least one address in nat.vips or one [[nat.pat]] rule",
         ));
     }
-
-    let config = NatConfig {
-        capacity: u32::try_from(capacity).map_err(|_| err("nat.capacity", "out of range"))?,
+    let mut config = NatConfig {
+        capacity,
         timeouts,
-        workers,
+        workers: workers.unwrap_or(1),
         port_lo,
         port_hi,
         filtering,
-        vips,
-        dnat,
-        pools,
-        pat,
-        frag_entries: to_usize(frag_entries, "nat.frag_entries")?,
+        vips: Vec::new(),
+        dnat: Vec::new(),
+        pools: Vec::new(),
+        pat: Vec::new(),
+        frag_entries,
         frag_timeout,
-        frag_hold: to_usize(frag_hold, "nat.frag_hold")?,
+        frag_hold,
         event_queue: d.event_queue,
     };
-    Policy::new(&config).map_err(policy_error)?;
-    Ok(config)
+    let Some(interfaces) = interfaces else {
+        return config;
+    };
+    let seg = Segments { interfaces };
+
+    // The valid VIPs with their index in the file.
+    let mut vips: Vec<(usize, Ipv4Addr)> = Vec::with_capacity(raw_vips.len());
+    for (i, v) in raw_vips.iter().enumerate() {
+        if let Some(a) = p.take(vip(v, i, &vips, &seg)) {
+            vips.push((i, a));
+        }
+    }
+    let vips_valid = vips.len() == raw_vips.len();
+    config.vips = vips.into_iter().map(|(_, a)| a).collect();
+    // Rules and pools name VIPs: against a list missing a refused one, a rule naming it
+    // would be reported too.
+    if vips_valid {
+        for (i, r) in raw.dnat.unwrap_or_default().into_iter().enumerate() {
+            let rule = dnat_rule(r, &format!("nat.dnat[{i}]"), &config.vips, &seg);
+            if let Some(rule) = p.take(rule) {
+                config.dnat.push(rule);
+            }
+        }
+        // The index in the file of each valid pool.
+        let mut pool_at: Vec<usize> = Vec::new();
+        for (i, raw_pool) in raw.pools.unwrap_or_default().into_iter().enumerate() {
+            let at = format!("nat.pools[{i}]");
+            let pool = pool(raw_pool, &at, &config.vips, &seg).and_then(|pool| {
+                let earlier = config.pools.iter().zip(&pool_at);
+                match earlier
+                    .map(|(o, j)| (&o.name, j))
+                    .find(|(n, _)| **n == pool.name)
+                {
+                    Some((_, j)) => Err(err(
+                        &format!("{at}.name"),
+                        format!(
+                            "{:?} repeats nat.pools[{j}].name; expected unique names",
+                            pool.name
+                        ),
+                    )),
+                    None => Ok(pool),
+                }
+            });
+            if let Some(pool) = p.take(pool) {
+                config.pools.push(pool);
+                pool_at.push(i);
+            }
+        }
+    }
+    for (i, r) in raw_pat.into_iter().enumerate() {
+        if let Some(rule) = p.take(pat_rule(r, &format!("nat.pat[{i}]"), &seg)) {
+            config.pat.push(rule);
+        }
+    }
+    // The engine's checks see the section whole: an overlap with a refused rule can't be
+    // told.
+    if p.count() == before && workers.is_some() {
+        p.take(Policy::new(&config).map_err(policy_error));
+    }
+    config
 }
 
-fn timeouts(raw: crate::raw::RawTimeouts) -> Result<Timeouts> {
+/// VIP `i`, `v`, given the valid VIPs before it with their index.
+fn vip(v: &str, i: usize, earlier: &[(usize, Ipv4Addr)], seg: &Segments<'_>) -> Result<Ipv4Addr> {
+    let key = format!("nat.vips[{i}]");
+    let a = parse_addr(v, &key)?;
+    if let Some((j, _)) = earlier.iter().find(|(_, o)| *o == a) {
+        return Err(err(
+            &key,
+            format!("{a} repeats nat.vips[{j}]; expected each VIP once"),
+        ));
+    }
+    seg.public_addr(a, &key, "a VIP")?;
+    Ok(a)
+}
+
+fn timeouts(raw: crate::raw::RawTimeouts, p: &mut Problems) -> Timeouts {
     let d = Timeouts::default();
-    let t = |v: Option<Int>, default: u32, name: &str| {
-        int_u32(v, default, &format!("nat.timeouts.{name}"), 1)
+    let mut t = |v: Option<Int>, default: u32, name: &str| {
+        p.or(
+            int_u32(v, default, &format!("nat.timeouts.{name}"), 1),
+            default,
+        )
     };
-    Ok(Timeouts {
-        tcp_syn_sent: t(raw.tcp_syn_sent, d.tcp_syn_sent, "tcp_syn_sent")?,
-        tcp_syn_recv: t(raw.tcp_syn_recv, d.tcp_syn_recv, "tcp_syn_recv")?,
-        tcp_established: t(raw.tcp_established, d.tcp_established, "tcp_established")?,
-        tcp_fin_wait: t(raw.tcp_fin_wait, d.tcp_fin_wait, "tcp_fin_wait")?,
-        tcp_close_wait: t(raw.tcp_close_wait, d.tcp_close_wait, "tcp_close_wait")?,
-        tcp_last_ack: t(raw.tcp_last_ack, d.tcp_last_ack, "tcp_last_ack")?,
-        tcp_time_wait: t(raw.tcp_time_wait, d.tcp_time_wait, "tcp_time_wait")?,
-        tcp_close: t(raw.tcp_close, d.tcp_close, "tcp_close")?,
-        udp: t(raw.udp, d.udp, "udp")?,
-        icmp: t(raw.icmp, d.icmp, "icmp")?,
-        // 0 is meaningful here: a mapping goes at the first scan after its last connection.
-        mapping: int_u32(raw.mapping, d.mapping, "nat.timeouts.mapping", 0)?,
-    })
+    let timeouts = Timeouts {
+        tcp_syn_sent: t(raw.tcp_syn_sent, d.tcp_syn_sent, "tcp_syn_sent"),
+        tcp_syn_recv: t(raw.tcp_syn_recv, d.tcp_syn_recv, "tcp_syn_recv"),
+        tcp_established: t(raw.tcp_established, d.tcp_established, "tcp_established"),
+        tcp_fin_wait: t(raw.tcp_fin_wait, d.tcp_fin_wait, "tcp_fin_wait"),
+        tcp_close_wait: t(raw.tcp_close_wait, d.tcp_close_wait, "tcp_close_wait"),
+        tcp_last_ack: t(raw.tcp_last_ack, d.tcp_last_ack, "tcp_last_ack"),
+        tcp_time_wait: t(raw.tcp_time_wait, d.tcp_time_wait, "tcp_time_wait"),
+        tcp_close: t(raw.tcp_close, d.tcp_close, "tcp_close"),
+        udp: t(raw.udp, d.udp, "udp"),
+        icmp: t(raw.icmp, d.icmp, "icmp"),
+        mapping: d.mapping,
+    };
+    // 0 is meaningful here: a mapping goes at the first scan after its last connection.
+    Timeouts {
+        mapping: p.or(
+            int_u32(raw.mapping, d.mapping, "nat.timeouts.mapping", 0),
+            d.mapping,
+        ),
+        ..timeouts
+    }
 }
 
 fn vip_of(v: Option<String>, key: &str, vips: &[Ipv4Addr]) -> Result<Ipv4Addr> {
@@ -1156,7 +1420,7 @@ fn pat_rule(r: RawPat, at: &str, seg: &Segments<'_>) -> Result<PatRule> {
     Ok(PatRule { from, to })
 }
 
-fn neighbors(raw: RawNeighbors) -> Result<Neighbors> {
+fn neighbors(raw: RawNeighbors, p: &mut Problems) -> Neighbors {
     let d = Neighbors::default();
     let capacity = int(
         raw.capacity,
@@ -1164,15 +1428,26 @@ fn neighbors(raw: RawNeighbors) -> Result<Neighbors> {
         "neighbors.capacity",
         16,
         NEIGHBORS_MAX,
-    )?;
-    let hold = int(raw.hold, d.hold as i64, "neighbors.hold", 1, 64)?;
-    Ok(Neighbors {
-        capacity: to_usize(capacity, "neighbors.capacity")?,
-        reachable_secs: int_u32(raw.reachable, d.reachable_secs, "neighbors.reachable", 1)?,
-        retry_ms: int_u32(raw.retry_ms, d.retry_ms, "neighbors.retry_ms", 10)?,
-        retries: int_u32(raw.retries, d.retries, "neighbors.retries", 1)?,
-        hold: to_usize(hold, "neighbors.hold")?,
-    })
+    )
+    .and_then(|c| to_usize(c, "neighbors.capacity"));
+    let hold = int(raw.hold, d.hold as i64, "neighbors.hold", 1, 64)
+        .and_then(|h| to_usize(h, "neighbors.hold"));
+    Neighbors {
+        capacity: p.or(capacity, d.capacity),
+        reachable_secs: p.or(
+            int_u32(raw.reachable, d.reachable_secs, "neighbors.reachable", 1),
+            d.reachable_secs,
+        ),
+        retry_ms: p.or(
+            int_u32(raw.retry_ms, d.retry_ms, "neighbors.retry_ms", 10),
+            d.retry_ms,
+        ),
+        retries: p.or(
+            int_u32(raw.retries, d.retries, "neighbors.retries", 1),
+            d.retries,
+        ),
+        hold: p.or(hold, d.hold),
+    }
 }
 
 /// The engine's own checks, with its `at` (`dnat[1]`, `pools[0] (web)`) turned into a key

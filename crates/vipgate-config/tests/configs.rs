@@ -326,10 +326,356 @@ fn log_levels_are_tracing_filters() {
     }
 }
 
-/// The refused configurations: `configs/bad/NAME.toml`, each starting with
-/// `# expect: <text the message must contain>`. The expected text starts with the key path
-/// whenever the message has one, so each row checks the key too.
-fn bad_configs() -> Vec<(PathBuf, String)> {
+fn problems_of(text: &str) -> Vec<String> {
+    let e = Config::from_toml_str(text, no_env()).unwrap_err();
+    assert_eq!(e.to_string().lines().count(), e.problems().len());
+    e.problems().iter().map(ToString::to_string).collect()
+}
+
+const TWO_INTERFACES: &str = r#"
+    [workers]
+    cores = [1]
+    [[interfaces]]
+    name = "a"
+    side = "public"
+    address = "203.0.113.1/24"
+    [[interfaces]]
+    name = "b"
+    side = "private"
+    address = "198.18.0.1/24"
+"#;
+
+#[test]
+fn every_item_of_a_list_is_checked() {
+    let text = format!(
+        r#"{TWO_INTERFACES}
+        [nat]
+        vips = ["203.0.113.10"]
+        [[nat.dnat]]
+        vip = "203.0.113.10"
+        proto = "sctp"
+        port = 80
+        to = "198.18.0.10"
+        [[nat.dnat]]
+        vip = "203.0.113.10"
+        proto = "tcp"
+        port = 81
+        to = "198.18.0.10"
+        [[nat.dnat]]
+        vip = "203.0.113.10"
+        proto = "tcp"
+        port = 0
+        to = "198.18.0.10"
+        [[nat.pools]]
+        name = "web"
+        vip = "203.0.113.10"
+        proto = "tcp"
+        port = 8080
+        backends = [{{ addr = "203.0.113.50", port = 80 }}]
+        [[nat.pools]]
+        name = ""
+        vip = "203.0.113.10"
+        proto = "tcp"
+        port = 8081
+        backends = [{{ addr = "198.18.0.10", port = 80 }}]
+        [[nat.pat]]
+        from = ["10.0.0.0/8"]
+        to = ["203.0.113.10"]
+        [[nat.pat]]
+        from = ["198.18.0.0/24"]
+        to = ["203.0.113.10", "203.0.113.10"]
+        "#
+    );
+    let keys: Vec<String> = problems_of(&text)
+        .iter()
+        .map(|l| l.split(": ").next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "nat.dnat[0].proto",
+            "nat.dnat[2].port",
+            "nat.pools[0].backends[0].addr",
+            "nat.pools[1].name",
+            "nat.pat[0].from[0]",
+            "nat.pat[1].to[1]",
+        ]
+    );
+
+    let text = r#"
+        [workers]
+        cores = [1]
+        [[interfaces]]
+        name = "a/b"
+        side = "public"
+        address = "203.0.113.1/24"
+        [[interfaces]]
+        name = "b"
+        side = "inside"
+        address = "198.18.0.1/24"
+        [[interfaces]]
+        name = "c"
+        side = "private"
+        address = "198.18.0.1/33"
+        [xdp]
+        frames = 8192
+        [nat]
+        vips = ["203.0.113.10"]
+    "#;
+    let keys: Vec<String> = problems_of(text)
+        .iter()
+        .map(|l| l.split(": ").next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "interfaces[0].name",
+            "interfaces[1].side",
+            "interfaces[2].address"
+        ]
+    );
+}
+
+#[test]
+fn checks_that_need_a_refused_value_are_skipped() {
+    // The interfaces are refused: the NAT section's addresses can't be placed, so they are
+    // not reported, but its own values still are.
+    let text = r#"
+        [workers]
+        cores = [1]
+        [[interfaces]]
+        name = "a"
+        side = "public"
+        address = "203.0.113.1/33"
+        [[interfaces]]
+        name = "b"
+        side = "private"
+        address = "198.18.0.1/24"
+        [nat]
+        vips = ["203.0.113.10"]
+        capacity = 0
+        [[nat.dnat]]
+        vip = "203.0.113.10"
+        proto = "tcp"
+        port = 80
+        to = "198.18.0.10"
+    "#;
+    let problems = problems_of(text);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].starts_with("interfaces[0].address: "));
+    assert!(problems[1].starts_with("nat.capacity: "));
+
+    // A refused VIP: rules naming VIPs are not checked against a list without it.
+    let text = format!(
+        r#"{TWO_INTERFACES}
+        [nat]
+        vips = ["203.0.113.300", "203.0.113.10"]
+        [[nat.dnat]]
+        vip = "203.0.113.10"
+        proto = "tcp"
+        port = 80
+        to = "198.18.0.10"
+        [[nat.pat]]
+        from = ["198.18.0.0/24"]
+        to = ["198.18.0.5"]
+        "#
+    );
+    let problems = problems_of(&text);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].starts_with("nat.vips[0]: "));
+    assert!(problems[1].starts_with("nat.pat[0].to[0]: "));
+
+    // A repeat names the index in the file, refused items counted.
+    let text = format!(
+        r#"{TWO_INTERFACES}
+        [nat]
+        vips = ["x", "203.0.113.10", "203.0.113.10"]
+        "#
+    );
+    assert_eq!(
+        problems_of(&text),
+        [
+            "nat.vips[0]: \"x\" is not an IPv4 address; expected a.b.c.d",
+            "nat.vips[2]: 203.0.113.10 repeats nat.vips[1]; expected each VIP once",
+        ]
+    );
+
+    // Refused workers: the PAT port shares are not checked; a refused ring size: the UMEM
+    // size is checked for being a power of two only.
+    let text = format!(
+        r#"{TWO_INTERFACES}
+        [xdp]
+        ring = 100
+        frames = 64
+        [nat]
+        vips = ["203.0.113.10"]
+        pat_ports = "2000-2000"
+        "#
+    )
+    .replace("cores = [1]", "cores = [1, 1]");
+    let keys: Vec<String> = problems_of(&text)
+        .iter()
+        .map(|l| l.split(": ").next().unwrap().to_string())
+        .collect();
+    assert_eq!(keys, ["workers.cores[1]", "xdp.ring"]);
+    let text = TWO_INTERFACES.to_string()
+        + "[xdp]\nring = 100\nframes = 3\n[nat]\nvips = [\"203.0.113.10\"]";
+    assert_eq!(
+        problems_of(&text)[1],
+        "xdp.frames: 3 is out of range; expected a power of two up to 1048576"
+    );
+}
+
+/// The lab with `old` replaced by `new` in its text (which must occur) and `env` on top.
+fn lab_edited(old: &str, new: &str, env_pairs: &[(&str, &str)]) -> Config {
+    let text = std::fs::read_to_string(lab()).unwrap();
+    assert!(text.contains(old), "lab.toml has no {old:?}");
+    Config::from_toml_str(&text.replacen(old, new, 1), env(env_pairs))
+        .unwrap_or_else(|e| panic!("{old:?} -> {new:?}: {e}"))
+}
+
+#[test]
+fn reload_classifies_policy_changes() {
+    let running = Config::load_with_env(&lab(), no_env()).unwrap();
+    assert_eq!(running.structural_change(&running.clone()), None);
+    for (var, value) in [
+        ("VIPGATE_NAT__TIMEOUTS__UDP", "120"),
+        ("VIPGATE_NAT__TIMEOUTS__MAPPING", "5"),
+        ("VIPGATE_NAT__TIMEOUTS__TCP_ESTABLISHED", "8000"),
+        ("VIPGATE_NAT__FILTERING", "endpoint-independent"),
+        ("VIPGATE_ICMP__RATE", "0"),
+    ] {
+        let new = Config::load_with_env(&lab(), env(&[(var, value)])).unwrap();
+        assert_ne!(new, running, "{var}");
+        assert_eq!(running.structural_change(&new), None, "{var}={value}");
+    }
+    // Rules, pools and PAT, and the VIPs they use.
+    let policy_edits = [
+        ("port = 80\n", "port = 81\n"),
+        ("{ addr = \"198.18.0.11\", port = 8080 },", ""),
+        ("name = \"web\"", "name = \"www\""),
+        ("from = [\"198.18.0.0/24\"]", "from = [\"198.18.0.0/25\"]"),
+    ];
+    for (old, new) in policy_edits {
+        let edited = lab_edited(old, new, &[]);
+        assert_ne!(edited, running, "{old:?}");
+        assert_eq!(
+            running.structural_change(&edited),
+            None,
+            "{old:?} -> {new:?}"
+        );
+    }
+    let more_vips = lab_edited(
+        "vips = [\"203.0.113.10\"]",
+        "vips = [\"203.0.113.10\", \"203.0.113.11\"]",
+        &[],
+    );
+    assert_eq!(running.structural_change(&more_vips), None);
+}
+
+#[test]
+fn reload_names_the_first_structural_change() {
+    let running = Config::load_with_env(&lab(), no_env()).unwrap();
+    for (var, value, key) in [
+        ("VIPGATE_XDP__MODE", "drv", "xdp.mode"),
+        ("VIPGATE_XDP__BATCH", "32", "xdp.batch"),
+        ("VIPGATE_XDP__FRAMES", "8192", "xdp.frames"),
+        ("VIPGATE_XDP__FRAME_SIZE", "4096", "xdp.frame_size"),
+        ("VIPGATE_XDP__RING", "512", "xdp.ring"),
+        ("VIPGATE_NAT__CAPACITY", "4096", "nat.capacity"),
+        ("VIPGATE_NAT__PAT_PORTS", "2000-3000", "nat.pat_ports"),
+        ("VIPGATE_NAT__FRAG_ENTRIES", "64", "nat.frag_entries"),
+        ("VIPGATE_NAT__FRAG_TIMEOUT", "5", "nat.frag_timeout"),
+        ("VIPGATE_NAT__FRAG_HOLD", "0", "nat.frag_hold"),
+        ("VIPGATE_NEIGHBORS__CAPACITY", "64", "neighbors.capacity"),
+        ("VIPGATE_NEIGHBORS__REACHABLE", "60", "neighbors.reachable"),
+        ("VIPGATE_NEIGHBORS__RETRY_MS", "100", "neighbors.retry_ms"),
+        ("VIPGATE_NEIGHBORS__RETRIES", "5", "neighbors.retries"),
+        ("VIPGATE_NEIGHBORS__HOLD", "8", "neighbors.hold"),
+        ("VIPGATE_CONTROL__SOCKET", "/run/vg.sock", "control.socket"),
+        (
+            "VIPGATE_METRICS__LISTEN",
+            "127.0.0.1:9469",
+            "metrics.listen",
+        ),
+        ("VIPGATE_EVENTS__FILE", "/var/log/vg.log", "events.file"),
+        ("VIPGATE_EVENTS__RATE", "5", "events.rate"),
+        ("VIPGATE_EVENTS__QUEUE", "128", "events.queue"),
+        ("VIPGATE_LOG__LEVEL", "debug", "log.level"),
+        ("VIPGATE_LOG__FORMAT", "json", "log.format"),
+    ] {
+        let new = Config::load_with_env(&lab(), env(&[(var, value)])).unwrap();
+        assert_eq!(
+            running.structural_change(&new).as_deref(),
+            Some(key),
+            "{var}={value}"
+        );
+        // Either way round.
+        assert_eq!(
+            new.structural_change(&running).as_deref(),
+            Some(key),
+            "{var}={value}"
+        );
+    }
+    for (old, new, key) in [
+        ("cores = [0]", "cores = [1]", "workers.cores"),
+        ("name = \"vg-priv\"", "name = \"vg-lan\"", "interfaces[1].name"),
+        (
+            "address = \"198.18.0.1/24\"",
+            "address = \"198.18.0.2/24\"",
+            "interfaces[1].address",
+        ),
+        (
+            "gateway = \"203.0.113.254\"",
+            "gateway = \"203.0.113.253\"",
+            "interfaces[0].gateway",
+        ),
+        (
+            "gateway = \"203.0.113.254\"",
+            "gateway = \"203.0.113.254\"\nroutes = [{ prefix = \"198.51.100.0/24\", via = \"203.0.113.253\" }]",
+            "interfaces[0].routes",
+        ),
+    ] {
+        let edited = lab_edited(old, new, &[]);
+        assert_eq!(
+            running.structural_change(&edited).as_deref(),
+            Some(key),
+            "{old:?} -> {new:?}"
+        );
+    }
+    let three = lab_edited(
+        "[nat]",
+        "[[interfaces]]\nname = \"vg-mgmt\"\nside = \"private\"\naddress = \"10.9.0.1/24\"\n\n[nat]",
+        &[("VIPGATE_XDP__FRAMES", "8192")],
+    );
+    // The first difference in file order: xdp.frames comes before interfaces.
+    assert_eq!(
+        running.structural_change(&three).as_deref(),
+        Some("xdp.frames")
+    );
+    let same_frames =
+        Config::load_with_env(&lab(), env(&[("VIPGATE_XDP__FRAMES", "8192")])).unwrap();
+    assert_eq!(
+        same_frames.structural_change(&three).as_deref(),
+        Some("interfaces")
+    );
+    // A policy change alongside a structural one does not hide it.
+    let both = lab_edited(
+        "port = 80\n",
+        "port = 81\n",
+        &[("VIPGATE_LOG__LEVEL", "warn")],
+    );
+    assert_eq!(
+        running.structural_change(&both).as_deref(),
+        Some("log.level")
+    );
+}
+
+/// The refused configurations: `configs/bad/NAME.toml`, each starting with one
+/// `# expect: <text the line must contain>` line per problem it must report, in order. The
+/// expected text starts with the key path whenever the problem has one, so each row checks
+/// the key too.
+fn bad_configs() -> Vec<(PathBuf, Vec<String>)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(configs_dir().join("bad")).unwrap() {
         let path = entry.unwrap().path();
@@ -337,11 +683,17 @@ fn bad_configs() -> Vec<(PathBuf, String)> {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let first = text.lines().next().unwrap_or_default();
-        let expect = first
-            .strip_prefix("# expect: ")
-            .unwrap_or_else(|| panic!("{}: first line must be `# expect: ...`", path.display()));
-        out.push((path, expect.to_string()));
+        let expect: Vec<String> = text
+            .lines()
+            .map_while(|l| l.strip_prefix("# expect: "))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            !expect.is_empty(),
+            "{}: first line must be `# expect: ...`",
+            path.display()
+        );
+        out.push((path, expect));
     }
     out.sort();
     out
@@ -358,26 +710,41 @@ fn every_bad_config_is_refused_with_its_message() {
             Err(e) => e,
         };
         let msg = e.to_string();
-        assert!(!msg.contains('\n'), "{name}: message spans lines: {msg:?}");
-        assert!(
-            msg.contains(expect.as_str()),
-            "{name}:\n  message {msg:?}\n  expected to contain {expect:?}"
+        let lines: Vec<&str> = msg.lines().collect();
+        assert_eq!(
+            lines.len(),
+            expect.len(),
+            "{name}: {} problems expected, message {msg:?}",
+            expect.len()
         );
-        if !e.key().is_empty() {
+        assert_eq!(e.problems().len(), expect.len(), "{name}");
+        for ((line, expect), problem) in lines.iter().zip(expect).zip(e.problems()) {
             assert!(
-                expect.starts_with(&format!("{}: ", e.key())),
-                "{name}: expectation {expect:?} does not name the key {:?}",
-                e.key()
+                line.contains(expect.as_str()),
+                "{name}:\n  message {line:?}\n  expected to contain {expect:?}"
             );
-            assert!(msg.starts_with(&format!("{}: ", e.key())), "{name}: {msg}");
+            assert_eq!(*line, problem.to_string(), "{name}");
+            if !problem.key().is_empty() {
+                assert!(
+                    expect.starts_with(&format!("{}: ", problem.key())),
+                    "{name}: expectation {expect:?} does not name the key {:?}",
+                    problem.key()
+                );
+                assert!(
+                    line.starts_with(&format!("{}: ", problem.key())),
+                    "{name}: {line}"
+                );
+            }
+            assert_eq!(problem.env_var(), None, "{name}");
         }
+        assert_eq!(e.key(), e.problems()[0].key(), "{name}");
         assert_eq!(e.env_var(), None, "{name}");
     }
 }
 
 #[test]
 fn bad_configs_cover_every_section() {
-    let keys: Vec<String> = bad_configs().into_iter().map(|(_, e)| e).collect();
+    let keys: Vec<String> = bad_configs().into_iter().flat_map(|(_, e)| e).collect();
     for prefix in [
         "workers.cores",
         "xdp.mode",
@@ -490,6 +857,94 @@ fn environment_overrides_nested_keys() {
     // The rest of the file is untouched.
     assert_eq!(c.nat.vips, vec![VIP]);
     assert_eq!(c.interfaces.len(), 2);
+}
+
+#[test]
+fn environment_sets_lists_as_comma_separated_items() {
+    let c = Config::load_with_env(
+        &lab(),
+        env(&[
+            ("VIPGATE_WORKERS__CORES", "0,1"),
+            ("VIPGATE_NAT__VIPS", "203.0.113.10,203.0.113.11"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.workers, vec![0, 1]);
+    assert_eq!(c.nat.workers, 2);
+    assert_eq!(c.nat.vips, vec![VIP, Ipv4Addr::new(203, 0, 113, 11)]);
+    // One item is a list of one; spaces around items are left out.
+    let c = Config::load_with_env(&lab(), env(&[("VIPGATE_WORKERS__CORES", "3")])).unwrap();
+    assert_eq!(c.workers, vec![3]);
+    let c = Config::load_with_env(&lab(), env(&[("vipgate_workers__cores", " 2, 3 ")])).unwrap();
+    assert_eq!(c.workers, vec![2, 3]);
+    // Commas in other values are not separators.
+    let c = Config::load_with_env(&lab(), env(&[("VIPGATE_LOG__LEVEL", "info,vipgate=debug")]))
+        .unwrap();
+    assert_eq!(c.log.level, "info,vipgate=debug");
+
+    for (var, value, expect) in [
+        (
+            "VIPGATE_WORKERS__CORES",
+            "0,x",
+            "workers.cores[1]: string \"x\" has the wrong type; expected an integer",
+        ),
+        (
+            "VIPGATE_WORKERS__CORES",
+            "0,0",
+            "workers.cores[1]: 0 repeats workers.cores[0]; expected each CPU at most once",
+        ),
+        (
+            "VIPGATE_WORKERS__CORES",
+            "",
+            "workers.cores: [] is empty; expected at least one CPU, e.g. [0]",
+        ),
+        (
+            "VIPGATE_NAT__VIPS",
+            "203.0.113.10,203.0.113",
+            "nat.vips[1]: \"203.0.113\" is not an IPv4 address; expected a.b.c.d",
+        ),
+    ] {
+        let e = Config::load_with_env(&lab(), env(&[(var, value)])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{expect} (set by environment variable {var})"),
+            "{var}={value}"
+        );
+        assert_eq!(e.env_var(), Some(var));
+    }
+}
+
+#[test]
+fn environment_cannot_set_lists_of_tables() {
+    for (var, key) in [
+        ("VIPGATE_INTERFACES", "interfaces"),
+        ("VIPGATE_INTERFACES__0__NAME", "interfaces"),
+        ("VIPGATE_NAT__DNAT", "nat.dnat"),
+        ("VIPGATE_NAT__POOLS__BACKENDS", "nat.pools"),
+        ("VIPGATE_NAT__PAT", "nat.pat"),
+    ] {
+        let e = Config::load_with_env(&lab(), env(&[(var, "x")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{key}: is a list of tables, which can only be set in the file; expected \
+                 [[{key}]] entries in the file and no environment variable \
+                 (set by environment variable {var})"
+            )
+        );
+        assert_eq!((e.key(), e.env_var()), (key, Some(var)));
+    }
+    // Each is reported.
+    let e = Config::load_with_env(
+        &lab(),
+        env(&[("VIPGATE_NAT__PAT", "x"), ("VIPGATE_INTERFACES", "y")]),
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = e.problems().iter().map(|p| p.key()).collect();
+    assert_eq!(keys, ["interfaces", "nat.pat"]);
+    // A key that only starts like one is not one.
+    let c = Config::load_with_env(&lab(), env(&[("VIPGATE_NAT__PAT_PORTS", "2000-3000")])).unwrap();
+    assert_eq!((c.nat.port_lo, c.nat.port_hi), (2000, 3000));
 }
 
 #[test]
