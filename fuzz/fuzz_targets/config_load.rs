@@ -1,5 +1,5 @@
-//! Configuration files are untrusted: any text gives a configuration or one error line,
-//! never a panic.
+//! Configuration files are untrusted: any text gives a configuration or errors of one line
+//! per problem, never a panic.
 #![no_main]
 
 use std::collections::HashMap;
@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Err(e) = Config::from_toml_str(text, HashMap::new()) {
-        let msg = e.to_string();
-        assert!(!msg.is_empty() && !msg.contains('\n'), "{msg:?}");
+        assert!(!e.problems().is_empty());
+        for p in e.problems() {
+            let line = p.to_string();
+            assert!(!line.is_empty() && !line.contains('\n'), "{line:?}");
+        }
     }
 });

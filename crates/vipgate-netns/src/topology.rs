@@ -300,6 +300,7 @@ pub struct Topology {
     is_vipgate: bool,
     xdp_mode: Option<XdpMode>,
     config_path: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
     dir: TempDir,
 }
 
@@ -336,6 +337,7 @@ impl Topology {
                 Gateway::Vipgate(spec) => Some(spec.mode),
             },
             config_path: None,
+            control_socket: None,
             dir,
         };
         t.wire(gateway.queues())?;
@@ -447,11 +449,18 @@ impl Topology {
         fs::write(&config, spec.config_text()).map_err(ctx("writing the configuration"))?;
         let binary = spec.binary.to_string_lossy().into_owned();
         let path = config.to_string_lossy().into_owned();
-        let env: Vec<(&str, &str)> = spec
+        // Each topology's vipgate gets its own control socket, so tests run in parallel.
+        let socket = self.dir.path().join("control.sock");
+        let socket_text = socket.to_string_lossy().into_owned();
+        let mut env: Vec<(&str, &str)> = spec
             .env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        if !env.iter().any(|(k, _)| *k == "VIPGATE_CONTROL__SOCKET") {
+            env.push(("VIPGATE_CONTROL__SOCKET", &socket_text));
+            self.control_socket = Some(socket);
+        }
         let child = self
             .gw
             .spawn_with_env(&[&binary, "run", "--config", &path], &env)
@@ -510,6 +519,11 @@ impl Topology {
     /// The configuration file vipgate runs with.
     pub fn config_path(&self) -> Option<&Path> {
         self.config_path.as_deref()
+    }
+
+    /// vipgate's control socket, when the topology chose it.
+    pub fn control_socket(&self) -> Option<&Path> {
+        self.control_socket.as_deref()
     }
 
     /// The vipgate process, while it runs.

@@ -1,20 +1,26 @@
 //! `vipgate run`: attach XDP to every data port, start one pinned worker per configured
-//! core, and keep the control thread until SIGINT or SIGTERM.
+//! core, serve the control socket and metrics, reload on SIGHUP, until SIGINT or SIGTERM.
 
 use std::net::Ipv4Addr;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use vipgate_config::{Config, XdpMode};
-use vipgate_dataplane::{Dataplane, DataplaneConfig, Interface, NeighborConfig, Route};
+use vipgate_dataplane::{Dataplane, DataplaneConfig, Interface, NeighborConfig, Pipeline, Route};
 use vipgate_io::{Ports, XdpOptions, XdpPorts, XdpProgram};
 use vipgate_nat::policy::Ipv4Net;
 
+use crate::control;
+use crate::gateway::{Gateway, PortInfo};
+use crate::live::{Block, Live, PUBLISH_EVERY_MS};
+use crate::metrics;
 use crate::signal;
 use crate::worker::WorkerLoop;
 
-/// How often the control thread looks at the stop flag.
+/// How long the control thread waits for a client before it looks at its signals again.
 const CONTROL_TICK: Duration = Duration::from_millis(50);
 /// How long an idle worker sleeps in the kernel waiting for frames.
 const IDLE_WAIT: Duration = Duration::from_millis(1);
@@ -22,7 +28,7 @@ const IDLE_WAIT: Duration = Duration::from_millis(1);
 const SPIN_STEPS: u32 = 256;
 
 /// Counters by name, summed over workers and ports, in a stable order.
-pub(crate) type Totals = Vec<(String, u64)>;
+pub(crate) type Totals = Vec<(&'static str, u64)>;
 
 /// Translates the configuration into the data plane's terms, reading each interface's MAC.
 fn dataplane_config(cfg: &Config) -> Result<DataplaneConfig, String> {
@@ -68,7 +74,7 @@ fn dataplane_config(cfg: &Config) -> Result<DataplaneConfig, String> {
     })
 }
 
-fn check_cores(cfg: &Config) -> Result<(), String> {
+pub(crate) fn check_cores(cfg: &Config) -> Result<(), String> {
     let present: Vec<usize> = core_affinity::get_core_ids()
         .unwrap_or_default()
         .iter()
@@ -85,16 +91,80 @@ fn check_cores(cfg: &Config) -> Result<(), String> {
 }
 
 /// What a worker thread reports once its sockets are open (or could not be).
-type Ready = Result<(), String>;
+type Ready = Result<Vec<PortInfo>, String>;
+
+/// Counters the daemon adds to the pipeline's, in publication order (see [`publish`]).
+const LOOP_COUNTERS: [&str; 9] = [
+    "tx_no_buffer",
+    "port_rx",
+    "port_tx",
+    "port_tx_dropped",
+    "port_alloc_failed",
+    "xsk_rx_dropped",
+    "xsk_rx_ring_full",
+    "xsk_rx_fill_ring_empty",
+    "xsk_tx_invalid_descs",
+];
+
+/// Every counter name, in the order workers publish them.
+fn counter_names() -> Vec<&'static str> {
+    let mut v = Pipeline::counter_names();
+    v.extend(LOOP_COUNTERS);
+    v
+}
+
+/// Copies a worker's counters into its live block, in [`counter_names`] order.
+fn publish(block: &Block, p: &Pipeline<'_>, lp: &WorkerLoop<XdpPorts>) {
+    let mut i = 0;
+    let mut put = |v: u64| {
+        block.store(i, v);
+        i += 1;
+    };
+    p.for_each_counter(|_, v| put(v));
+    let ports = lp.ports();
+    let mut port = vipgate_io::PortStats::default();
+    let mut k = vipgate_io::KernelStats::default();
+    for i in 0..ports.count() {
+        let s = ports.stats(i);
+        port.rx += s.rx;
+        port.tx += s.tx;
+        port.tx_dropped += s.tx_dropped;
+        port.alloc_failed += s.alloc_failed;
+        // The kernel's own drops: frames it could not hand to the worker (its RX ring
+        // full, no free buffer in the fill ring) never reach the pipeline's counters.
+        if let Ok(s) = ports.kernel_stats(i) {
+            k.rx_dropped += s.rx_dropped;
+            k.rx_ring_full += s.rx_ring_full;
+            k.rx_fill_ring_empty += s.rx_fill_ring_empty;
+            k.tx_invalid_descs += s.tx_invalid_descs;
+        }
+    }
+    for v in [
+        lp.counters.tx_no_buffer,
+        port.rx,
+        port.tx,
+        port.tx_dropped,
+        port.alloc_failed,
+        k.rx_dropped,
+        k.rx_ring_full,
+        k.rx_fill_ring_empty,
+        k.tx_invalid_descs,
+    ] {
+        put(v);
+    }
+}
 
 /// Runs the gateway until a stop signal; returns the final counters.
 ///
 /// # Errors
 /// One line saying what failed at start-up.
-pub(crate) fn run(cfg: &Config) -> Result<Totals, String> {
-    check_cores(cfg)?;
-    let dp_config = dataplane_config(cfg)?;
+pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
+    check_cores(&cfg)?;
+    let dp_config = dataplane_config(&cfg)?;
     let dp = Dataplane::new(dp_config, cfg.nat.clone()).map_err(|e| format!("nat: {e}"))?;
+    let listener = control::bind(&cfg.control.socket)?;
+    let socket_path = cfg.control.socket.clone();
+    let metrics_server = cfg.metrics.listen.map(metrics::bind).transpose()?;
     let mode = match cfg.xdp.mode {
         XdpMode::Skb => vipgate_io::XdpMode::Skb,
         XdpMode::Drv => vipgate_io::XdpMode::Drv,
@@ -117,21 +187,24 @@ pub(crate) fn run(cfg: &Config) -> Result<Totals, String> {
 
     let stop = AtomicBool::new(false);
     let start = Instant::now();
-    let clock = || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let clock = move || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let live = Live::new(counter_names(), cfg.workers.len());
+    let cores = cfg.workers.clone();
+    let batch = cfg.xdp.batch;
+    let gw = Gateway::new(&dp, &live, &clock, path.to_path_buf(), cfg);
     let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
-    let totals = std::thread::scope(|s| -> Result<Totals, String> {
+    std::thread::scope(|s| -> Result<(), String> {
         let mut handles = Vec::new();
-        for (w, &core) in cfg.workers.iter().enumerate() {
-            let (dp, programs, options, stop, ready) =
-                (&dp, &programs, &options, &stop, ready_tx.clone());
-            let batch = cfg.xdp.batch;
+        for (w, &core) in cores.iter().enumerate() {
+            let (dp, programs, options, stop, ready, live) =
+                (&dp, &programs, &options, &stop, ready_tx.clone(), &live);
             let handle = std::thread::Builder::new()
                 .name(format!("vipgate-w{w}"))
-                .spawn_scoped(s, move || -> Option<Totals> {
+                .spawn_scoped(s, move || {
                     if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                         let _ = ready
                             .send(Err(format!("workers.cores[{w}]: cannot pin to CPU {core}")));
-                        return None;
+                        return;
                     }
                     let queue = u32::try_from(w).unwrap_or(u32::MAX);
                     let ports: Vec<(&XdpProgram, u32)> =
@@ -142,18 +215,37 @@ pub(crate) fn run(cfg: &Config) -> Result<Totals, String> {
                             let _ = ready.send(Err(format!(
                                 "worker {w}: AF_XDP sockets on queue {queue}: {e}"
                             )));
-                            return None;
+                            return;
                         }
+                    };
+                    let bind = match ports.bind_mode() {
+                        vipgate_io::BindMode::Copy => "copy",
+                        vipgate_io::BindMode::ZeroCopy => "zero-copy",
+                    };
+                    let info = (0..ports.count())
+                        .filter_map(|i| ports.port_name(i))
+                        .map(|(name, queue)| PortInfo {
+                            interface: name.to_string(),
+                            worker: w,
+                            queue,
+                            bind: bind.to_string(),
+                        })
+                        .collect();
+                    let Some(block) = live.block(w) else {
+                        let _ = ready.send(Err(format!("worker {w}: no counter block")));
+                        return;
                     };
                     let mut lp = WorkerLoop::new(ports, batch);
                     let mut pipeline = dp.pipeline(u16::try_from(w).unwrap_or(u16::MAX));
-                    let _ = ready.send(Ok(()));
+                    let _ = ready.send(Ok(info));
                     if w == 0 {
                         lp.announce(&mut pipeline);
                     }
                     let mut idle = 0u32;
+                    let mut next_publish = 0;
                     while !stop.load(Ordering::Relaxed) {
-                        match lp.step(&mut pipeline, clock()) {
+                        let now = clock();
+                        match lp.step(&mut pipeline, now) {
                             Ok(0) => {
                                 idle += 1;
                                 if idle >= SPIN_STEPS {
@@ -168,10 +260,12 @@ pub(crate) fn run(cfg: &Config) -> Result<Totals, String> {
                                 tracing::warn!(worker = w, error = %e, "kernel wakeup failed");
                             }
                         }
+                        if now >= next_publish {
+                            next_publish = now + PUBLISH_EVERY_MS;
+                            publish(block, &pipeline, &lp);
+                        }
                     }
-                    let mut totals = worker_totals(&pipeline, &lp);
-                    add_totals(&mut totals, &kernel_totals(lp.ports()));
-                    Some(totals)
+                    publish(block, &pipeline, &lp);
                 })
                 .map_err(|e| format!("worker {w}: cannot start a thread: {e}"))?;
             handles.push(handle);
@@ -180,7 +274,11 @@ pub(crate) fn run(cfg: &Config) -> Result<Totals, String> {
         let mut failure = None;
         for _ in 0..handles.len() {
             match ready_rx.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok(info)) => gw
+                    .ports
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(info),
                 Ok(Err(e)) => {
                     failure.get_or_insert(e);
                 }
@@ -190,89 +288,60 @@ pub(crate) fn run(cfg: &Config) -> Result<Totals, String> {
             }
         }
         if failure.is_none() {
+            if let Some(server) = &metrics_server {
+                let (gw, stop) = (&gw, &stop);
+                std::thread::Builder::new()
+                    .name("vipgate-metrics".into())
+                    .spawn_scoped(s, move || metrics::serve(server, gw, stop))
+                    .map_err(|e| format!("metrics: cannot start a thread: {e}"))?;
+            }
+            let ports: Vec<String> = gw
+                .ports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|p| format!("{}/q{} {}", p.interface, p.queue, p.bind))
+                .collect();
             tracing::info!(
                 workers = handles.len(),
-                interfaces = cfg.interfaces.len(),
+                mode = ?mode,
+                ports = %ports.join(", "),
+                control = %socket_path.display(),
+                metrics = ?metrics_server.as_ref().map(|m| m.server_addr().to_string()),
                 "vipgate ready"
             );
-            while !signal::stop_requested() {
-                std::thread::sleep(CONTROL_TICK);
-            }
+            control_loop(&listener, &gw);
             tracing::info!("stopping");
         }
         stop.store(true, Ordering::Relaxed);
-        let mut totals: Totals = Vec::new();
         for h in handles {
-            if let Ok(Some(t)) = h.join() {
-                add_totals(&mut totals, &t);
-            }
+            let _ = h.join();
         }
         match failure {
             Some(e) => Err(e),
-            None => Ok(totals),
+            None => Ok(()),
         }
     })?;
     // The sockets closed with their workers; closing the links detaches the programs.
     drop(programs);
-    Ok(totals)
+    let _ = std::fs::remove_file(&socket_path);
+    Ok(live.totals())
 }
 
-fn worker_totals<P: vipgate_io::Ports>(
-    p: &vipgate_dataplane::Pipeline<'_>,
-    lp: &WorkerLoop<P>,
-) -> Totals {
-    let mut t: Totals = p
-        .named_counters()
-        .into_iter()
-        .map(|(n, v)| (n.to_string(), v))
-        .collect();
-    let ports = lp.ports();
-    let mut port = vipgate_io::PortStats::default();
-    for i in 0..ports.count() {
-        let s = ports.stats(i);
-        port.rx += s.rx;
-        port.tx += s.tx;
-        port.tx_dropped += s.tx_dropped;
-        port.alloc_failed += s.alloc_failed;
-    }
-    t.push(("port_rx".into(), port.rx));
-    t.push(("port_tx".into(), port.tx));
-    t.push(("port_tx_dropped".into(), port.tx_dropped));
-    t.push(("port_alloc_failed".into(), port.alloc_failed));
-    t.push(("tx_no_buffer".into(), lp.counters.tx_no_buffer));
-    t
-}
-
-/// The kernel's own drop counters of a worker's sockets, summed over its ports: frames the
-/// kernel could not hand to the worker (its RX ring full, no free buffer in the fill ring)
-/// never reach the pipeline's counters.
-fn kernel_totals(ports: &XdpPorts) -> Totals {
-    let mut sum = vipgate_io::KernelStats::default();
-    for i in 0..ports.count() {
-        match ports.kernel_stats(i) {
-            Ok(k) => {
-                sum.rx_dropped += k.rx_dropped;
-                sum.rx_ring_full += k.rx_ring_full;
-                sum.rx_fill_ring_empty += k.rx_fill_ring_empty;
-                sum.tx_invalid_descs += k.tx_invalid_descs;
-            }
-            Err(e) => tracing::warn!(port = i, error = %e, "cannot read the socket's statistics"),
+/// The control thread's work until a stop signal: operators' requests, SIGHUP reloads,
+/// the frames/s sample.
+fn control_loop(listener: &UnixListener, gw: &Gateway<'_>) {
+    let mut next_sample = Instant::now();
+    while !signal::stop_requested() {
+        if signal::take_reload() {
+            let _ = gw.reload(false);
         }
-    }
-    vec![
-        ("xsk_rx_dropped".into(), sum.rx_dropped),
-        ("xsk_rx_ring_full".into(), sum.rx_ring_full),
-        ("xsk_rx_fill_ring_empty".into(), sum.rx_fill_ring_empty),
-        ("xsk_tx_invalid_descs".into(), sum.tx_invalid_descs),
-    ]
-}
-
-/// Adds `more` into `totals` by name, keeping first-seen order.
-pub(crate) fn add_totals(totals: &mut Totals, more: &Totals) {
-    for (name, v) in more {
-        match totals.iter_mut().find(|(n, _)| n == name) {
-            Some((_, total)) => *total += v,
-            None => totals.push((name.clone(), *v)),
+        if control::wait_readable(listener, CONTROL_TICK) {
+            control::serve_pending(listener, gw);
+        }
+        if Instant::now() >= next_sample {
+            next_sample += Duration::from_secs(1);
+            gw.sample_rate();
         }
     }
 }

@@ -1,94 +1,99 @@
 //! vipgate: a user-space NAT/VIP gateway over AF_XDP.
 //!
-//! `vipgate run --config FILE` runs the gateway; `vipgate check --config FILE` only validates
-//! the configuration.
+//! `vipgate run --config FILE` runs the gateway; `vipgate check --config FILE` validates a
+//! configuration; the other subcommands (`status`, `stats`, `conns`, `vips`, `flush`,
+//! `reload`, `standby`, `active`) talk to a running gateway over its control socket.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
-use vipgate_config::Config;
+use clap::Parser;
+use vipgate_config::{Config, LogFormat};
 
+mod cli;
+mod control;
 mod daemon;
+mod gateway;
+mod live;
+mod metrics;
 mod signal;
 mod worker;
 
-const USAGE: &str = "usage: vipgate run --config FILE
-       vipgate check --config FILE
-
-  run     run the gateway until SIGINT or SIGTERM; prints its counters on exit
-  check   validate the configuration and exit (0 if valid, 2 if not)
-
-Any key of the configuration file can be overridden from the environment as
-VIPGATE_<SECTION>__<KEY>, e.g. VIPGATE_XDP__MODE=drv.";
-
-enum Command {
-    Run(PathBuf),
-    Check(PathBuf),
-    Help,
-}
-
-fn parse_args(args: &[String]) -> Result<Command, String> {
-    let mut args = args.iter();
-    let cmd = args.next().map(String::as_str);
-    if matches!(cmd, Some("-h" | "--help" | "help")) {
-        return Ok(Command::Help);
-    }
-    let mut config = None;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--config" | "-c" => {
-                config = Some(PathBuf::from(args.next().ok_or("--config needs a file")?));
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    match (cmd, config) {
-        (Some("run"), Some(c)) => Ok(Command::Run(c)),
-        (Some("check"), Some(c)) => Ok(Command::Check(c)),
-        (Some("run" | "check"), None) => Err("missing --config FILE".into()),
-        (Some(other), _) => Err(format!("unknown command {other:?}")),
-        (None, _) => Err("missing command".into()),
-    }
-}
+use cli::{Cli, Command, EXIT_FAILED, EXIT_USAGE};
+use control::Request;
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
-        eprintln!("vipgate: {}: {e}", path.display());
-        ExitCode::from(2)
+        for p in e.problems() {
+            eprintln!("vipgate: {}: {p}", path.display());
+        }
+        ExitCode::from(EXIT_USAGE)
     })
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    // Colour codes only for a person at a terminal, never into a journal or a file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_ansi(ansi)
+        .with_target(false);
+    match cfg.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// What `check` can tell about this host beyond the file: CPUs and interfaces.
+fn host_problems(cfg: &Config) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Err(e) = daemon::check_cores(cfg) {
+        v.push(e);
+    }
+    for (i, ifc) in cfg.interfaces.iter().enumerate() {
+        if vipgate_io::interface_index(&ifc.name).is_err() {
+            v.push(format!(
+                "interfaces[{i}].name: {:?} does not exist on this host (in this network namespace)",
+                ifc.name
+            ));
+        }
+    }
+    v
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match parse_args(&args) {
-        Ok(Command::Help) => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Ok(Command::Check(path)) => match load(&path) {
-            Ok(_) => {
-                println!("ok");
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
-        Ok(Command::Run(path)) => {
-            let cfg = match load(&path) {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config, no_host } => {
+            let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_logging(&cfg.log.level);
-            match daemon::run(&cfg) {
+            let problems = if no_host {
+                Vec::new()
+            } else {
+                host_problems(&cfg)
+            };
+            if problems.is_empty() {
+                println!("ok");
+                ExitCode::SUCCESS
+            } else {
+                for p in problems {
+                    eprintln!("vipgate: {}: {p}", config.display());
+                }
+                ExitCode::from(EXIT_FAILED)
+            }
+        }
+        Command::Run { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&cfg);
+            match daemon::run(cfg, &config) {
                 Ok(totals) => {
                     for (name, v) in totals {
                         println!("counter {name} {v}");
@@ -96,14 +101,46 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
+                    tracing::error!("{e}");
                     eprintln!("vipgate: {e}");
-                    ExitCode::FAILURE
+                    ExitCode::from(EXIT_FAILED)
                 }
             }
         }
-        Err(e) => {
-            eprintln!("vipgate: {e}\n{USAGE}");
-            ExitCode::from(2)
-        }
+        Command::Status(c) => cli::client(&c, Request::Status),
+        Command::Stats { common, workers } => cli::client(&common, Request::Stats { workers }),
+        Command::Conns {
+            common,
+            filter,
+            count,
+            limit,
+            after,
+        } => cli::client(
+            &common,
+            Request::Conns {
+                filter: filter.into(),
+                count,
+                limit: usize::try_from(limit).ok(),
+                after,
+            },
+        ),
+        Command::Vips(c) => cli::client(&c, Request::Vips),
+        Command::Flush {
+            common,
+            filter,
+            all,
+        } => cli::client(
+            &common,
+            Request::Flush {
+                filter: filter.into(),
+                all,
+            },
+        ),
+        Command::Reload {
+            common,
+            flush_removed,
+        } => cli::client(&common, Request::Reload { flush_removed }),
+        Command::Standby(c) => cli::client(&c, Request::Standby),
+        Command::Active(c) => cli::client(&c, Request::Active),
     }
 }

@@ -118,6 +118,19 @@ fn topology(mode: XdpMode, workers: u32) -> Option<Topology> {
     Some(Topology::build(gateway).unwrap_or_else(|e| panic!("building the topology: {e}")))
 }
 
+/// The topology with vipgate (skb mode, one worker) running `body`, with `env` added.
+fn topology_with(body: &str, env: &[(&str, &str)]) -> Option<Topology> {
+    if !require_root_and_netns() || kernel_requested() {
+        return None;
+    }
+    let mut spec = VipgateSpec::new(env!("CARGO_BIN_EXE_vipgate"), XdpMode::Skb, 1, body);
+    spec.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Some(Topology::build(Gateway::Vipgate(spec)).unwrap_or_else(|e| panic!("topology: {e}")))
+}
+
 /// Runs a test body; if it panics, prints the gateway's log first, so the failure comes
 /// with vipgate's side of the story.
 fn with_log<R>(t: &Topology, body: impl FnOnce() -> R) -> R {
@@ -274,7 +287,8 @@ impl Drop for TcpService {
 /// One command per connection:
 /// `HELLO <token>` -> `HELLO <token> FROM <peer>`;
 /// `BULK <len> <seed>` -> the pattern's first len bytes;
-/// `UPLOAD <len> <seed>` + len bytes -> `OK <len>` if they are the pattern, else `BAD <offset>`.
+/// `UPLOAD <len> <seed>` + len bytes -> `OK <len>` if they are the pattern, else `BAD <offset>`;
+/// `ECHO` -> every later line back, until the client closes.
 fn serve_tcp(stream: TcpStream, peer: SocketAddr, seen: &Seen) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -311,6 +325,16 @@ fn serve_tcp(stream: TcpStream, peer: SocketAddr, seen: &Seen) -> io::Result<()>
                 offset += n;
             }
             writeln!(out, "OK {len}")
+        }
+        ["ECHO"] => {
+            writeln!(out, "ECHO")?;
+            loop {
+                line.clear();
+                if reader.by_ref().take(256).read_line(&mut line)? == 0 {
+                    return Ok(());
+                }
+                out.write_all(line.as_bytes())?;
+            }
         }
         _ => writeln!(out, "ERR unknown command"),
     }
@@ -1127,4 +1151,256 @@ fn malformed_frames_are_dropped_and_counted() {
         }
         at_least(&c, "drop_other_mac", ROUNDS as u64);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The control plane: CLI over the control socket, the gate, reload under load, metrics
+
+/// `vipgate <args> --socket <the topology's socket>`: (exit code, stdout, stderr).
+fn cli(t: &Topology, args: &[&str]) -> (i32, String, String) {
+    let socket = t
+        .control_socket()
+        .expect("the topology chose a control socket");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vipgate"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `vipgate <args> --json`, which must succeed and parse.
+fn cli_json(t: &Topology, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let (code, out, err) = cli(t, &a);
+    assert_eq!(code, 0, "vipgate {args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("vipgate {args:?} --json: {e}: {out}"))
+}
+
+/// An ECHO connection to VIP:80 from the client, checked once.
+fn echo_conn(t: &Topology) -> TcpStream {
+    let conn = t.client.run(|| connect(sa(VIP, 80))).unwrap();
+    let mut w = &conn;
+    writeln!(w, "ECHO").unwrap();
+    assert_eq!(read_line(&conn), "ECHO");
+    assert_eq!(echo(&conn, "first"), "first");
+    conn
+}
+
+/// Sends a line on an ECHO connection and reads the answer (without buffering past it).
+fn echo(conn: &TcpStream, msg: &str) -> String {
+    let mut w = conn;
+    writeln!(w, "{msg}").unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while (&*conn).read_exact(&mut b).is_ok() && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Polls `stats` until `name` reaches `min` (workers publish every 100 ms).
+fn stat_at_least(t: &Topology, name: &str, min: u64) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    poll_until(DEADLINE, &format!("counter {name} >= {min}"), || {
+        last = cli_json(t, &["stats", "--workers"]);
+        last["total"][name].as_u64().unwrap_or(0) >= min
+    })
+    .unwrap_or_else(|e| panic!("{e}: {last}"));
+    last
+}
+
+fn ping_vip(t: &Topology) -> bool {
+    matches!(
+        t.client
+            .run(|| probe::ping(VIP, 1, Duration::from_millis(300))),
+        Ok(Ok(1))
+    )
+}
+
+#[test]
+fn cli_drives_a_running_gateway() {
+    let Some(t) = topology_with(CONFIG_BODY, &[]) else {
+        return;
+    };
+    let web = TcpService::start(&t.h1, sa(H1, 80));
+    with_log(&t, || {
+        let status = cli_json(&t, &["status"]);
+        assert_eq!(status["role"], "active");
+        assert_eq!(status["workers"], 1);
+        assert_eq!(status["xdp_mode"], "skb");
+        assert_eq!(status["table"]["capacity"], 65536);
+        assert_eq!(status["policy_generation"], 1);
+        let ports = status["ports"].as_array().unwrap();
+        assert_eq!(ports.len(), 2, "{status}");
+        assert!(
+            ports.iter().all(|p| p["bind"] == "copy"),
+            "veth is copy mode: {status}"
+        );
+        let (code, human, _) = cli(&t, &["status"]);
+        assert_eq!(code, 0);
+        assert!(
+            human.contains("role") && human.contains("active"),
+            "{human}"
+        );
+
+        // One connection held open, so conns has something to show.
+        let conn = echo_conn(&t);
+        let local = conn.local_addr().unwrap();
+
+        let stats = stat_at_least(&t, "conns_created", 1);
+        assert!(stats["total"]["rx_frames"].as_u64().unwrap() > 0, "{stats}");
+        assert_eq!(stats["workers"].as_array().unwrap().len(), 1);
+
+        let conns = cli_json(&t, &["conns", "--vip", "203.0.113.10", "--port", "80"]);
+        let list = conns["conns"].as_array().unwrap();
+        let mine: Vec<_> = list
+            .iter()
+            .filter(|c| c["outside"] == local.to_string())
+            .collect();
+        assert_eq!(mine.len(), 1, "{conns}");
+        assert_eq!(mine[0]["direction"], "inbound");
+        assert_eq!(mine[0]["inside"], format!("{H1}:80"));
+        assert_eq!(mine[0]["public"], format!("{VIP}:80"));
+        assert_eq!(mine[0]["proto"], "tcp");
+        assert_eq!(mine[0]["state"], "established");
+        let count = cli_json(
+            &t,
+            &[
+                "conns",
+                "--count",
+                "--proto",
+                "tcp",
+                "--state",
+                "established",
+            ],
+        );
+        assert!(count["count"].as_u64().unwrap() >= 1, "{count}");
+        let (code, _, err) = cli(&t, &["conns", "--state", "establihsed"]);
+        assert_eq!(code, 1, "a misspelt state is refused: {err}");
+        let (code, human, _) = cli(&t, &["conns", "--limit", "1"]);
+        assert_eq!(code, 0);
+        assert!(human.starts_with("PROTO"), "{human}");
+
+        let vips = cli_json(&t, &["vips"]);
+        assert_eq!(vips["vips"][0]["vip"], "203.0.113.10");
+        assert_eq!(vips["vips"][0]["dnat"][0]["to"], "198.18.0.10");
+        assert_eq!(vips["pat"][0]["from"][0], "198.18.0.0/24");
+
+        let (code, _, err) = cli(&t, &["flush"]);
+        assert_eq!(code, 1, "flush without a filter is refused: {err}");
+        let flushed = cli_json(
+            &t,
+            &[
+                "flush",
+                "--outside",
+                &local.ip().to_string(),
+                "--port",
+                &local.port().to_string(),
+            ],
+        );
+        assert_eq!(flushed["flushed"], 1, "{flushed}");
+        let gone = cli_json(
+            &t,
+            &["conns", "--count", "--port", &local.port().to_string()],
+        );
+        assert_eq!(gone["count"], 0, "{gone}");
+
+        // A structural change is refused by name; the daemon keeps running.
+        let path = t.config_path().unwrap().to_path_buf();
+        let original = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            original.replace("capacity = 65536", "capacity = 4096"),
+        )
+        .unwrap();
+        let (code, _, err) = cli(&t, &["reload"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("nat.capacity"), "{err}");
+        std::fs::write(&path, &original).unwrap();
+        let reloaded = cli_json(&t, &["reload"]);
+        assert_eq!(reloaded["generation"], 2);
+    });
+    // SIGHUP reloads and never kills.
+    let mut t = t;
+    t.gateway_process().unwrap().signal(libc::SIGHUP).unwrap();
+    poll_until(DEADLINE, "a SIGHUP reload", || {
+        cli_json(&t, &["status"])["policy_generation"] == 3
+    })
+    .unwrap();
+    drop(web);
+    let counters = finish(t).unwrap();
+    at_least(&counters, "conns_created", 1);
+}
+
+#[test]
+fn cli_without_a_daemon_says_so() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vipgate"))
+        .args(["status", "--socket", "/nonexistent/vipgate.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach vipgate"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vipgate"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("vipgate "));
+}
+
+#[test]
+fn standby_goes_quiet_and_active_answers_again() {
+    let Some(t) = topology_with(CONFIG_BODY, &[]) else {
+        return;
+    };
+    let web = TcpService::start(&t.h1, sa(H1, 80));
+    with_log(&t, || {
+        let conn = echo_conn(&t);
+
+        let standby = cli_json(&t, &["standby"]);
+        assert_eq!(standby["role"], "standby");
+        assert_eq!(cli_json(&t, &["status"])["role"], "standby");
+        // No answer for the VIP: no ARP (asked from the router, whose cache is flushed),
+        // no ping, and the open connection hears nothing.
+        t.rtr.exec(&["ip", "neigh", "flush", "all"]).unwrap();
+        let arp = t
+            .rtr
+            .run(|| probe::arp_query(ifname::RTR_GW, RTR_PUBLIC, VIP, 2, Duration::from_secs(1)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(arp, None, "a standby answered ARP for the VIP");
+        assert!(!ping_vip(&t), "a standby answered a ping to the VIP");
+        conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut w = &conn;
+        writeln!(w, "held").unwrap();
+        let mut buf = [0u8; 64];
+        assert!((&conn).read(&mut buf).is_err(), "a standby forwarded data");
+        let conns = cli_json(&t, &["conns", "--count"]);
+        assert!(
+            conns["count"].as_u64().unwrap() >= 1,
+            "the table is kept: {conns}"
+        );
+
+        let active = cli_json(&t, &["active"]);
+        assert_eq!(active["role"], "active");
+        poll_until(DEADLINE, "the VIP answering again", || ping_vip(&t)).unwrap();
+        // The connection lived through: TCP's retransmission carries the held line over.
+        conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut line = String::new();
+        BufReader::new(&conn).read_line(&mut line).unwrap();
+        assert_eq!(line, "held\n");
+        assert_eq!(echo(&conn, "after"), "after");
+        let again = t.client.run(|| connect(sa(VIP, 80))).unwrap();
+        assert!(hello(&again, "new").starts_with("HELLO new"));
+        stat_at_least(&t, "drop_standby", 1);
+        // Three announcements at start (two addresses public, one private), three on opening.
+        stat_at_least(&t, "arp_announcements", 6);
+    });
+    drop(web);
 }

@@ -1,0 +1,158 @@
+//! Prometheus metrics over HTTP (`metrics.listen`): every counter as
+//! `vipgate_<counter>_total{worker="N"}` under the same name the CLI and the exit summary
+//! use, and gauges for the live state. Encoded by `prometheus-client`, served by
+//! `tiny_http` on a thread of its own, so a slow scrape never delays the control thread.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::gateway::Gateway;
+
+type Labels = Vec<(String, String)>;
+
+/// The OpenMetrics text format, which Prometheus reads.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Binds the metrics address (so a bad address fails start-up, not later).
+///
+/// # Errors
+/// One line naming the address.
+pub(crate) fn bind(addr: SocketAddr) -> Result<tiny_http::Server, String> {
+    tiny_http::Server::http(addr).map_err(|e| format!("metrics.listen: {addr}: {e}"))
+}
+
+/// Answers scrapes until `stop` is set.
+pub(crate) fn serve(server: &tiny_http::Server, gw: &Gateway<'_>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let req = match server.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics server");
+                continue;
+            }
+        };
+        let response = match (req.method(), req.url()) {
+            (tiny_http::Method::Get, "/metrics") => {
+                let mut r = tiny_http::Response::from_string(render(gw));
+                if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], CONTENT_TYPE) {
+                    r = r.with_header(h);
+                }
+                r
+            }
+            (tiny_http::Method::Get, "/") => {
+                tiny_http::Response::from_string("vipgate: metrics at /metrics\n")
+            }
+            _ => tiny_http::Response::from_string("not found\n").with_status_code(404),
+        };
+        if let Err(e) = req.respond(response) {
+            tracing::debug!(error = %e, "metrics client went away");
+        }
+    }
+}
+
+fn label(k: &str, v: impl ToString) -> (String, String) {
+    (k.to_string(), v.to_string())
+}
+
+/// The exposition text.
+pub(crate) fn render(gw: &Gateway<'_>) -> String {
+    let mut reg = Registry::with_prefix("vipgate");
+    for (i, name) in gw.live.names().iter().enumerate() {
+        let fam = Family::<Labels, Counter>::default();
+        for w in 0..gw.live.workers() {
+            let v = gw.live.worker(w).get(i).map_or(0, |(_, v)| *v);
+            fam.get_or_create(&vec![label("worker", w)]).inc_by(v);
+        }
+        reg.register(*name, format!("counter {name}, per worker"), fam);
+    }
+    let reloads = Family::<Labels, Counter>::default();
+    reloads
+        .get_or_create(&vec![label("result", "ok")])
+        .inc_by(gw.reloads_ok.load(Ordering::Relaxed));
+    reloads
+        .get_or_create(&vec![label("result", "failed")])
+        .inc_by(gw.reloads_failed.load(Ordering::Relaxed));
+    reg.register("reloads", "configuration reloads by result", reloads);
+
+    let gauge = |v: u64| {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        g
+    };
+    let g = gw.gauges();
+    let table = gw.dp.engine().table();
+    reg.register("conns", "live connections", gauge(g.conns));
+    reg.register("pat_mappings", "live PAT mappings", gauge(g.mappings));
+    reg.register(
+        "table_entries",
+        "connection table entries in use (connections and mappings)",
+        gauge(u64::from(table.len())),
+    );
+    reg.register(
+        "table_capacity",
+        "connection table capacity",
+        gauge(u64::from(table.capacity())),
+    );
+    let per_vip = Family::<Labels, Gauge<i64>>::default();
+    for (vip, n) in &g.per_vip {
+        per_vip
+            .get_or_create(&vec![label("vip", vip)])
+            .set(i64::try_from(*n).unwrap_or(i64::MAX));
+    }
+    reg.register("vip_conns", "live connections per public address", per_vip);
+    let per_backend = Family::<Labels, Gauge<i64>>::default();
+    for (pool, backend, id, _) in gw.backends() {
+        let n = g.per_backend.get(&id).copied().unwrap_or(0);
+        per_backend
+            .get_or_create(&vec![label("pool", pool), label("backend", backend)])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    reg.register(
+        "backend_conns",
+        "live connections per pool backend",
+        per_backend,
+    );
+    let pat = Family::<Labels, Gauge<i64>>::default();
+    for (addr, proto, n) in gw.pat_ports() {
+        pat.get_or_create(&vec![label("addr", addr), label("proto", proto)])
+            .set(i64::from(n));
+    }
+    reg.register(
+        "pat_ports_in_use",
+        "PAT ports in use per public address",
+        pat,
+    );
+    reg.register(
+        "neighbors",
+        "neighbor (ARP) entries",
+        gauge(gw.neighbors() as u64),
+    );
+    reg.register(
+        "active",
+        "1 while this box is active, 0 while standby",
+        gauge(u64::from(gw.dp.is_active())),
+    );
+    reg.register(
+        "policy_generation",
+        "generation of the policy in force (1 at start, +1 per reload)",
+        gauge(gw.dp.engine().snapshot().generation()),
+    );
+    reg.register(
+        "uptime_seconds",
+        "seconds since start",
+        gauge(gw.started.elapsed().as_secs()),
+    );
+    let mut out = String::new();
+    if let Err(e) = encode(&mut out, &reg) {
+        tracing::warn!(error = %e, "encoding metrics");
+    }
+    out
+}
