@@ -1404,3 +1404,250 @@ fn standby_goes_quiet_and_active_answers_again() {
     });
     drop(web);
 }
+
+/// An HTTP GET from inside `ns` to 127.0.0.1:`port`; the body, or None on any failure.
+fn http_get(ns: &Netns, port: u16, path: &str) -> Option<String> {
+    let path = path.to_string();
+    ns.run(move || -> Option<String> {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            Duration::from_secs(2),
+        )
+        .ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.").then(|| body.to_string())
+    })
+    .ok()
+    .flatten()
+}
+
+#[test]
+fn prometheus_scrapes_the_counters_the_test_drove() {
+    const METRICS: u16 = 9469;
+    const PROM: u16 = 9090;
+    let Some(t) = topology_with(
+        &format!("{CONFIG_BODY}\n[metrics]\nlisten = \"127.0.0.1:{METRICS}\"\n"),
+        &[],
+    ) else {
+        return;
+    };
+    let Ok(prometheus) = which("prometheus") else {
+        panic!("the prometheus server is not installed (Debian package prometheus; scripts/test.sh installs it)");
+    };
+    with_log(&t, || {
+        // Five pings to the gateway's own public address: gateway_echo_replies = 5.
+        let answered = t
+            .client
+            .run(|| {
+                probe::ping(
+                    vipgate_netns::topology::addr::GW_PUBLIC,
+                    5,
+                    Duration::from_secs(2),
+                )
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(answered, 5);
+
+        let dir = t.config_path().unwrap().parent().unwrap().to_path_buf();
+        let conf = dir.join("prometheus.yml");
+        std::fs::write(
+            &conf,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: vipgate\n    static_configs:\n      - targets: ['127.0.0.1:{METRICS}']\n"
+            ),
+        )
+        .unwrap();
+        let data = dir.join("prometheus-data");
+        let conf_arg = format!("--config.file={}", conf.display());
+        let data_arg = format!("--storage.tsdb.path={}", data.display());
+        let listen_arg = format!("--web.listen-address=127.0.0.1:{PROM}");
+        let _server =
+            t.gw.spawn(&[&prometheus, &conf_arg, &data_arg, &listen_arg])
+                .unwrap();
+        let query = |q: &str| -> Option<serde_json::Value> {
+            let body = http_get(&t.gw, PROM, &format!("/api/v1/query?query={q}"))?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            v["data"]["result"].get(0).map(|r| r["value"][1].clone())
+        };
+        poll_until(
+            Duration::from_secs(90),
+            "prometheus sees vipgate up",
+            || query("up").is_some_and(|v| v == "1"),
+        )
+        .unwrap();
+        poll_until(
+            Duration::from_secs(60),
+            "prometheus has vipgate_gateway_echo_replies_total = 5",
+            || query("sum(vipgate_gateway_echo_replies_total)").is_some_and(|v| v == "5"),
+        )
+        .unwrap();
+        let text = http_get(&t.gw, METRICS, "/metrics").unwrap();
+        assert!(text.contains("vipgate_active 1"), "{text}");
+        assert!(text.contains("vipgate_table_capacity 65536"), "{text}");
+        assert!(
+            text.contains("vipgate_drop_no_rule_total{worker=\"0\"}"),
+            "{text}"
+        );
+    });
+}
+
+/// A program on PATH.
+fn which(name: &str) -> Result<String, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .map(|p| p.to_string_lossy().into_owned())
+        .ok_or(())
+}
+
+/// Pools for the reload test: `a` on port 8080 over h1 and h2, `b` on 8081 over h1, and an
+/// unrelated DNAT rule for udp 5353.
+const RELOAD_BEFORE: &str = r#"
+[[nat.pools]]
+name = "a"
+vip = "203.0.113.10"
+proto = "tcp"
+port = 8080
+backends = [{ addr = "198.18.0.10", port = 80, weight = 1 }, { addr = "198.18.0.11", port = 80, weight = 1 }]
+
+[[nat.pools]]
+name = "b"
+vip = "203.0.113.10"
+proto = "tcp"
+port = 8081
+backends = [{ addr = "198.18.0.10", port = 80, weight = 1 }]
+"#;
+
+/// Adds pool `c`, puts it first, reorders `b` before `a` and changes `a`'s weights.
+const RELOAD_AFTER: &str = r#"
+[[nat.pools]]
+name = "c"
+vip = "203.0.113.10"
+proto = "tcp"
+port = 8082
+backends = [{ addr = "198.18.0.11", port = 80, weight = 1 }]
+
+[[nat.pools]]
+name = "b"
+vip = "203.0.113.10"
+proto = "tcp"
+port = 8081
+backends = [{ addr = "198.18.0.10", port = 80, weight = 1 }]
+
+[[nat.pools]]
+name = "a"
+vip = "203.0.113.10"
+proto = "tcp"
+port = 8080
+backends = [{ addr = "198.18.0.10", port = 80, weight = 3 }, { addr = "198.18.0.11", port = 80, weight = 1 }]
+"#;
+
+#[test]
+fn reload_under_load_keeps_every_connection() {
+    const N: usize = 100;
+    let before = format!("{CONFIG_BODY}{RELOAD_BEFORE}");
+    let Some(t) = topology_with(&before, &[]) else {
+        return;
+    };
+    let s1 = TcpService::start(&t.h1, sa(H1, 80));
+    let s2 = TcpService::start(&t.h2, sa(H2, 80));
+    with_log(&t, || {
+        let conns: Vec<TcpStream> = t
+            .client
+            .run(|| {
+                (0..N)
+                    .map(|_| {
+                        let c = connect(sa(VIP, 8080));
+                        let mut w = &c;
+                        writeln!(w, "ECHO").unwrap();
+                        assert_eq!(read_line(&c), "ECHO");
+                        c
+                    })
+                    .collect()
+            })
+            .unwrap();
+        // Every connection exchanges lines without pause until told to stop.
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let driver = {
+            let (stop, rounds) = (stop.clone(), rounds.clone());
+            thread::spawn(move || -> Result<Vec<TcpStream>, String> {
+                let end = Instant::now() + SERVICE_LIFETIME;
+                let mut round = 0u64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                    for (i, c) in conns.iter().enumerate() {
+                        let msg = format!("{i}-{round}-{}", "x".repeat(i % 50));
+                        let got = echo(c, &msg);
+                        if got != msg {
+                            return Err(format!(
+                                "connection {i} round {round}: sent {msg:?}, got {got:?}"
+                            ));
+                        }
+                    }
+                    round += 1;
+                    rounds.store(round, Ordering::Relaxed);
+                }
+                Ok(conns)
+            })
+        };
+        let wait_rounds = |more: u64, what: &str| {
+            let target = rounds.load(Ordering::Relaxed) + more;
+            poll_until(DEADLINE, what, || {
+                rounds.load(Ordering::Relaxed) >= target || driver.is_finished()
+            })
+            .unwrap();
+        };
+        wait_rounds(3, "three rounds before the reload");
+
+        let path = t.config_path().unwrap().to_path_buf();
+        let original = std::fs::read_to_string(&path).unwrap();
+        // The new file: the pools changed and the unrelated udp 5353 rule removed.
+        let without_udp = original.replace(
+            "[[nat.dnat]]\nvip = \"203.0.113.10\"\nproto = \"udp\"\nport = 5353\nto = \"198.18.0.10\"\n",
+            "",
+        );
+        assert_ne!(without_udp, original, "the udp rule is in the file");
+        let after = without_udp.replace(RELOAD_BEFORE, RELOAD_AFTER);
+        std::fs::write(&path, &after).unwrap();
+        let reloaded = cli_json(&t, &["reload"]);
+        assert_eq!(reloaded["generation"], 2);
+        wait_rounds(3, "three rounds after the reload");
+
+        // A broken file changes nothing and says why.
+        std::fs::write(&path, after.replace("weight = 3", "weight = -3")).unwrap();
+        let (code, _, err) = cli(&t, &["reload"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("nat.pools[2].backends[0].weight"), "{err}");
+        assert_eq!(cli_json(&t, &["status"])["policy_generation"], 2);
+        wait_rounds(2, "two rounds after the refused reload");
+
+        stop.store(true, Ordering::Relaxed);
+        let conns = driver.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(conns.len(), N);
+        // The new pool answers; the removed rule does not.
+        let c = t.client.run(|| connect(sa(VIP, 8082))).unwrap();
+        let answer = hello(&c, "c");
+        assert!(answer.starts_with("HELLO c FROM"), "{answer}");
+        let vips = cli_json(&t, &["vips"]);
+        let pools: Vec<&str> = vips["vips"][0]["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(pools, ["c", "b", "a"]);
+        assert!(vips["vips"][0]["dnat"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["proto"] != "udp"));
+    });
+    drop((s1, s2));
+}
