@@ -74,6 +74,17 @@ fn dataplane_config(cfg: &Config) -> Result<DataplaneConfig, String> {
     })
 }
 
+/// Refuses settings this version reads but does not carry out, rather than ignore them.
+pub(crate) fn check_unbuilt(cfg: &Config) -> Result<(), String> {
+    match &cfg.events.file {
+        Some(f) => Err(format!(
+            "events.file: {}: this version does not write the NAT event log yet; remove the key",
+            f.display()
+        )),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn check_cores(cfg: &Config) -> Result<(), String> {
     let present: Vec<usize> = core_affinity::get_core_ids()
         .unwrap_or_default()
@@ -159,6 +170,7 @@ fn publish(block: &Block, p: &Pipeline<'_>, lp: &WorkerLoop<XdpPorts>) {
 /// # Errors
 /// One line saying what failed at start-up.
 pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
+    check_unbuilt(&cfg)?;
     check_cores(&cfg)?;
     let dp_config = dataplane_config(&cfg)?;
     let dp = Dataplane::new(dp_config, cfg.nat.clone()).map_err(|e| format!("nat: {e}"))?;

@@ -50,6 +50,9 @@ fn init_logging(cfg: &Config) {
 /// What `check` can tell about this host beyond the file: CPUs and interfaces.
 fn host_problems(cfg: &Config) -> Vec<String> {
     let mut v = Vec::new();
+    if let Err(e) = daemon::check_unbuilt(cfg) {
+        v.push(e);
+    }
     if let Err(e) = daemon::check_cores(cfg) {
         v.push(e);
     }
