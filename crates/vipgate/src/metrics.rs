@@ -65,10 +65,12 @@ fn label(k: &str, v: impl ToString) -> (String, String) {
 /// The exposition text.
 pub(crate) fn render(gw: &Gateway<'_>) -> String {
     let mut reg = Registry::with_prefix("vipgate");
+    let per_worker: Vec<Vec<(&'static str, u64)>> =
+        (0..gw.live.workers()).map(|w| gw.live.worker(w)).collect();
     for (i, name) in gw.live.names().iter().enumerate() {
         let fam = Family::<Labels, Counter>::default();
-        for w in 0..gw.live.workers() {
-            let v = gw.live.worker(w).get(i).map_or(0, |(_, v)| *v);
+        for (w, counters) in per_worker.iter().enumerate() {
+            let v = counters.get(i).map_or(0, |(_, v)| *v);
             fam.get_or_create(&vec![label("worker", w)]).inc_by(v);
         }
         reg.register(*name, format!("counter {name}, per worker"), fam);
