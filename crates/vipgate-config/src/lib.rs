@@ -55,8 +55,9 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use vipgate_nat::policy::{Ipv4Net, NatConfig};
+use vipgate_nat::policy::{Ipv4Net, NatConfig, Policy};
 use vipgate_nat::Side;
 
 mod error;
@@ -94,7 +95,23 @@ pub struct Config {
     pub metrics: Metrics,
     /// The NAT event log (RFC 6888 REQ-12).
     pub events: Events,
+    /// [`Config::nat`]'s policy, compiled once by the validation that checked it, for the
+    /// engine to run as it is.
+    pub policy: CompiledPolicy,
 }
+
+/// A compiled NAT policy, shared. Two compare equal whatever they hold: a policy is derived
+/// from [`Config::nat`], which the comparison of two [`Config`]s already covers.
+#[derive(Clone, Debug)]
+pub struct CompiledPolicy(pub Arc<Policy>);
+
+impl PartialEq for CompiledPolicy {
+    fn eq(&self, _: &CompiledPolicy) -> bool {
+        true
+    }
+}
+
+impl Eq for CompiledPolicy {}
 
 /// A data-plane interface.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -37,6 +37,8 @@ impl Config {
             control,
             metrics,
             events,
+            // Compiled from nat.
+            policy: _,
         } = self;
         let Xdp {
             mode,

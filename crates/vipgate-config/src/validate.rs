@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use config::{Environment, File, FileFormat, ValueKind};
 use vipgate_nat::maglev::{Maglev, MaglevError};
@@ -18,8 +19,8 @@ use crate::raw::{
     RawNeighbors, RawPat, RawPool, RawPorts, RawXdp,
 };
 use crate::{
-    Config, Control, Events, Icmp, Interface, Log, LogFormat, Metrics, Neighbors, Route, Xdp,
-    XdpMode, ENV_PREFIX,
+    CompiledPolicy, Config, Control, Events, Icmp, Interface, Log, LogFormat, Metrics, Neighbors,
+    Route, Xdp, XdpMode, ENV_PREFIX,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -400,7 +401,7 @@ fn validate(raw: RawFile) -> Result<Config> {
     let interface_count = raw_interfaces.len();
     let interfaces = interfaces(raw_interfaces, &mut p);
     let xdp = xdp(raw.xdp.unwrap_or_default(), interface_count, &mut p);
-    let nat = nat(
+    let (nat, policy) = nat(
         raw.nat.unwrap_or_default(),
         interfaces.as_deref(),
         workers.as_ref().map(Vec::len),
@@ -415,6 +416,13 @@ fn validate(raw: RawFile) -> Result<Config> {
     let control = p.or(control(raw.control.unwrap_or_default()), Control::default());
     let metrics = p.or(metrics(raw.metrics.unwrap_or_default()), Metrics::default());
     let events = events(raw.events.unwrap_or_default(), &mut p);
+    // Without a policy some problem was found; `finish` returns it.
+    let Some(policy) = policy else {
+        return Err(p
+            .finish(())
+            .err()
+            .unwrap_or_else(|| err("nat", "the policy could not be compiled")));
+    };
     p.finish(Config {
         workers: workers.unwrap_or_default(),
         xdp,
@@ -426,6 +434,7 @@ fn validate(raw: RawFile) -> Result<Config> {
         control,
         metrics,
         events,
+        policy: CompiledPolicy(Arc::new(policy)),
     })
 }
 
@@ -1032,7 +1041,7 @@ fn nat(
     interfaces: Option<&[Interface]>,
     workers: Option<usize>,
     p: &mut Problems,
-) -> NatConfig {
+) -> (NatConfig, Option<Policy>) {
     let d = NatConfig::default();
     let before = p.count();
 
@@ -1142,7 +1151,7 @@ fn nat(
         event_queue: d.event_queue,
     };
     let Some(interfaces) = interfaces else {
-        return config;
+        return (config, None);
     };
     let seg = Segments { interfaces };
 
@@ -1197,10 +1206,12 @@ fn nat(
     }
     // The engine's checks see the section whole: an overlap with a refused rule can't be
     // told.
-    if p.count() == before && workers.is_some() {
-        p.take(Policy::new(&config).map_err(policy_error));
-    }
-    config
+    let policy = if p.count() == before && workers.is_some() {
+        p.take(Policy::new(&config).map_err(policy_error))
+    } else {
+        None
+    };
+    (config, policy)
 }
 
 /// VIP `i`, `v`, given the valid VIPs before it with their index.

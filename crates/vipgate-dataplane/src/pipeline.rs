@@ -131,11 +131,23 @@ impl Dataplane {
     /// # Errors
     /// The engine's own configuration errors, or a route to a missing interface.
     pub fn new(config: DataplaneConfig, nat: NatConfig) -> Result<Dataplane, DataplaneError> {
+        let engine = Engine::new(nat).map_err(DataplaneError::Engine)?;
+        Dataplane::with_engine(config, engine)
+    }
+
+    /// The shared tables around an engine the caller built.
+    ///
+    /// # Errors
+    /// A route to a missing interface.
+    pub fn with_engine(
+        config: DataplaneConfig,
+        engine: Engine,
+    ) -> Result<Dataplane, DataplaneError> {
+        let nat = engine.config();
         let workers = u32::from(nat.workers.max(1));
         // Cover each worker's share of the table in about ten seconds of 10 ms steps: the
         // shortest timeout (TCP close, 10 s) is then late by at most that much.
         let reclaim_budget = (nat.capacity / workers / 1_000).max(64);
-        let engine = Engine::new(nat).map_err(DataplaneError::Engine)?;
         if let Some(r) = config
             .routes
             .iter()

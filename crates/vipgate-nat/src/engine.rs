@@ -136,7 +136,7 @@ impl Worker {
 #[derive(Debug)]
 pub struct Snapshot {
     config: NatConfig,
-    policy: Policy,
+    policy: Arc<Policy>,
     /// Allocator indices of each PAT rule's addresses.
     pat_addrs: Vec<Vec<usize>>,
     generation: u64,
@@ -321,6 +321,15 @@ impl Engine {
     /// [`EngineError`] naming what is wrong in `config`.
     pub fn new(config: NatConfig) -> Result<Engine, EngineError> {
         let policy = Policy::new(&config).map_err(EngineError::Policy)?;
+        Engine::with_policy(config, Arc::new(policy))
+    }
+
+    /// [`Engine::new`] with `config`'s policy already compiled (by the validation that
+    /// checked it), so it is compiled once.
+    ///
+    /// # Errors
+    /// [`EngineError`] for the table capacity or the port allocator.
+    pub fn with_policy(config: NatConfig, policy: Arc<Policy>) -> Result<Engine, EngineError> {
         let table = ConnTable::new(config.capacity, config.timeouts).map_err(EngineError::Table)?;
         // A gateway without any public address translates nothing, but stays valid.
         let addrs = match policy.owned_addrs() {
@@ -372,6 +381,18 @@ impl Engine {
     /// unused.)
     pub fn publish(&self, config: &NatConfig) -> Result<u64, EngineError> {
         let policy = Policy::new(config).map_err(EngineError::Policy)?;
+        self.publish_compiled(config, Arc::new(policy))
+    }
+
+    /// [`Engine::publish`] with `config`'s policy already compiled.
+    ///
+    /// # Errors
+    /// As [`Engine::publish`].
+    pub fn publish_compiled(
+        &self,
+        config: &NatConfig,
+        policy: Arc<Policy>,
+    ) -> Result<u64, EngineError> {
         let mut current = self.cell.current.lock().unwrap_or_else(|e| e.into_inner());
         for a in policy.owned_addrs() {
             self.ports.add_addr(*a).map_err(EngineError::Ports)?;

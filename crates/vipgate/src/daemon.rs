@@ -12,6 +12,7 @@ use vipgate_config::{Config, XdpMode};
 use vipgate_dataplane::{Dataplane, DataplaneConfig, Interface, NeighborConfig, Pipeline, Route};
 use vipgate_io::{Ports, XdpOptions, XdpPorts, XdpProgram};
 use vipgate_nat::policy::Ipv4Net;
+use vipgate_nat::Engine;
 
 use crate::control;
 use crate::gateway::{Gateway, PortInfo};
@@ -173,7 +174,9 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
     check_unbuilt(&cfg)?;
     check_cores(&cfg)?;
     let dp_config = dataplane_config(&cfg)?;
-    let dp = Dataplane::new(dp_config, cfg.nat.clone()).map_err(|e| format!("nat: {e}"))?;
+    let engine = Engine::with_policy(cfg.nat.clone(), cfg.policy.0.clone())
+        .map_err(|e| format!("nat: {e}"))?;
+    let dp = Dataplane::with_engine(dp_config, engine).map_err(|e| format!("nat: {e}"))?;
     let listener = control::bind(&cfg.control.socket)?;
     let socket_path = cfg.control.socket.clone();
     let metrics_server = cfg.metrics.listen.map(metrics::bind).transpose()?;

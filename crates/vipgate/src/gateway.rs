@@ -495,7 +495,7 @@ impl<'a> Gateway<'a> {
         let generation = self
             .dp
             .engine()
-            .publish(&new.nat)
+            .publish_compiled(&new.nat, new.policy.0.clone())
             .map_err(|e| format!("nat: {e}; nothing was reloaded"))?;
         self.dp.set_icmp_rate(new.icmp.rate);
         // Addresses may have come or gone: tell the neighbors at once.
