@@ -172,7 +172,7 @@ fn example_is_what_its_comments_say() {
     assert_eq!(
         c.events,
         Events {
-            file: None,
+            file: Some(PathBuf::from("/var/log/vipgate/nat-events.log")),
             rate: 10_000,
             queue: 65_536,
         }

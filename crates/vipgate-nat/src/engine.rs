@@ -64,8 +64,8 @@ pub enum ConnEvent {
     Created(ConnId),
     /// A connection's protocol state changed.
     Updated(ConnId, ConnState),
-    /// A connection or mapping was removed; its original key names it.
-    Deleted(FlowKey),
+    /// A connection or mapping was removed (expired or flushed), as it was.
+    Deleted(ConnRecord),
 }
 
 /// A connection or mapping as [`Engine::export`] gives it to state sync.
@@ -77,6 +77,87 @@ pub struct Exported {
     pub mapping: Option<FlowKey>,
     /// The internal key of the second mapping it holds ([`conn_flags::PEER_MAPPING`]).
     pub peer_mapping: Option<FlowKey>,
+}
+
+/// Which way a connection crosses the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Opened from outside, to a VIP (or through a PAT mapping).
+    Inbound,
+    /// Opened by an internal host, through PAT.
+    Outbound,
+    /// An internal host to one of our public addresses and back inside.
+    Hairpin,
+    /// A PAT mapping, not a connection.
+    Mapping,
+}
+
+impl Direction {
+    /// The name operators see.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+            Direction::Hairpin => "hairpin",
+            Direction::Mapping => "mapping",
+        }
+    }
+}
+
+/// A connection's three endpoints as operators name them, whichever side opened it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Which way it crosses.
+    pub direction: Direction,
+    /// The internal host (address, port or ICMP identifier).
+    pub inside: (Ipv4Addr, u16),
+    /// The gateway's public address and port (a VIP or PAT address).
+    pub public: (Ipv4Addr, u16),
+    /// The remote host; `None` for a mapping.
+    pub outside: Option<(Ipv4Addr, u16)>,
+}
+
+impl Endpoints {
+    /// The endpoints of `r`, from its keys and flags.
+    pub fn of(r: &ConnRecord) -> Endpoints {
+        let (o, rp) = (&r.orig, &r.reply);
+        if r.state == ConnState::Mapping {
+            return Endpoints {
+                direction: Direction::Mapping,
+                inside: (o.src, o.sport),
+                public: (rp.dst, rp.dport),
+                outside: None,
+            };
+        }
+        let (direction, inside, public, outside) = if r.flags & conn_flags::HAIRPIN != 0 {
+            (
+                Direction::Hairpin,
+                (o.src, o.sport),
+                (o.dst, o.dport),
+                (rp.src, rp.sport),
+            )
+        } else if r.flags & conn_flags::ORIG_IN_PRIVATE == 0 {
+            (
+                Direction::Inbound,
+                (rp.src, rp.sport),
+                (o.dst, o.dport),
+                (o.src, o.sport),
+            )
+        } else {
+            (
+                Direction::Outbound,
+                (o.src, o.sport),
+                (rp.dst, rp.dport),
+                (o.dst, o.dport),
+            )
+        };
+        Endpoints {
+            direction,
+            inside,
+            public,
+            outside: Some(outside),
+        }
+    }
 }
 
 /// `backend` value of a connection that has none.
@@ -204,6 +285,8 @@ pub struct Engine {
     table: ConnTable,
     ports: PortAllocator,
     events: Vec<ArrayQueue<ConnEvent>>,
+    /// Written by the control thread only (flushes).
+    flush_events_lost: AtomicU64,
 }
 
 /// The 5-tuple of a translatable datagram, and its TCP flags.
@@ -366,6 +449,7 @@ impl Engine {
             table,
             ports,
             events,
+            flush_events_lost: AtomicU64::new(0),
             config,
         })
     }
@@ -1032,7 +1116,7 @@ impl Engine {
         let removed = self.table.reclaim(now, reclaim, budget, |_, rec| {
             self.release_resources(rec);
             if let Some(q) = queue {
-                if q.push(ConnEvent::Deleted(rec.orig)).is_err() {
+                if q.push(ConnEvent::Deleted(*rec)).is_err() {
                     counters.events_lost += 1;
                 }
             }
@@ -1074,7 +1158,18 @@ impl Engine {
         }
         let rec = self.table.remove(id, now)?;
         self.release_resources(&rec);
+        // Told through the creating worker's queue (any thread may push to it).
+        if let Some(q) = self.events.get(usize::from(rec.owner)) {
+            if q.push(ConnEvent::Deleted(rec)).is_err() {
+                self.flush_events_lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         Some(rec)
+    }
+
+    /// Deletions by [`Engine::flush`] that found their event queue full.
+    pub fn flush_events_lost(&self) -> u64 {
+        self.flush_events_lost.load(Ordering::Relaxed)
     }
 
     fn release_resources(&self, rec: &ConnRecord) {

@@ -15,6 +15,7 @@ use vipgate_nat::policy::Ipv4Net;
 use vipgate_nat::Engine;
 
 use crate::control;
+use crate::events;
 use crate::gateway::{Gateway, PortInfo};
 use crate::live::{Block, Live, PUBLISH_EVERY_MS};
 use crate::metrics;
@@ -73,17 +74,6 @@ fn dataplane_config(cfg: &Config) -> Result<DataplaneConfig, String> {
         icmp_rate: cfg.icmp.rate,
         frame_size: cfg.xdp.frame_size as usize,
     })
-}
-
-/// Refuses settings this version reads but does not carry out, rather than ignore them.
-pub(crate) fn check_unbuilt(cfg: &Config) -> Result<(), String> {
-    match &cfg.events.file {
-        Some(f) => Err(format!(
-            "events.file: {}: this version does not write the NAT event log yet; remove the key",
-            f.display()
-        )),
-        None => Ok(()),
-    }
 }
 
 pub(crate) fn check_cores(cfg: &Config) -> Result<(), String> {
@@ -171,11 +161,14 @@ fn publish(block: &Block, p: &Pipeline<'_>, lp: &WorkerLoop<XdpPorts>) {
 /// # Errors
 /// One line saying what failed at start-up.
 pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
-    check_unbuilt(&cfg)?;
     check_cores(&cfg)?;
     let dp_config = dataplane_config(&cfg)?;
-    let engine = Engine::with_policy(cfg.nat.clone(), cfg.policy.0.clone())
-        .map_err(|e| format!("nat: {e}"))?;
+    let event_file = cfg.events.file.as_deref().map(events::open).transpose()?;
+    let mut nat = cfg.nat.clone();
+    if event_file.is_some() {
+        nat.event_queue = cfg.events.queue;
+    }
+    let engine = Engine::with_policy(nat, cfg.policy.0.clone()).map_err(|e| format!("nat: {e}"))?;
     let dp = Dataplane::with_engine(dp_config, engine).map_err(|e| format!("nat: {e}"))?;
     let listener = control::bind(&cfg.control.socket)?;
     let socket_path = cfg.control.socket.clone();
@@ -206,6 +199,7 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
     let live = Live::new(counter_names(), cfg.workers.len());
     let cores = cfg.workers.clone();
     let batch = cfg.xdp.batch;
+    let event_rate = cfg.events.rate;
     let gw = Gateway::new(&dp, &live, &clock, path.to_path_buf(), cfg);
     let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
     std::thread::scope(|s| -> Result<(), String> {
@@ -303,6 +297,16 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
             }
         }
         if failure.is_none() {
+            if let Some(file) = event_file {
+                let (engine, counters, stop) = (dp.engine(), &gw.event_log, &stop);
+                let workers = u16::try_from(cores.len()).unwrap_or(u16::MAX);
+                std::thread::Builder::new()
+                    .name("vipgate-events".into())
+                    .spawn_scoped(s, move || {
+                        events::run(engine, workers, file, event_rate, counters, stop);
+                    })
+                    .map_err(|e| format!("events: cannot start a thread: {e}"))?;
+            }
             if let Some(server) = &metrics_server {
                 let (gw, stop) = (&gw, &stop);
                 std::thread::Builder::new()
@@ -340,7 +344,9 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
     // The sockets closed with their workers; closing the links detaches the programs.
     drop(programs);
     let _ = std::fs::remove_file(&socket_path);
-    Ok(live.totals())
+    let mut totals = live.totals();
+    totals.extend(gw.control_counters());
+    Ok(totals)
 }
 
 /// The control thread's work until a stop signal: operators' requests, SIGHUP reloads,

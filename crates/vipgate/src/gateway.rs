@@ -13,11 +13,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use vipgate_config::Config;
 use vipgate_dataplane::Dataplane;
-use vipgate_nat::engine::{conn_flags, NO_BACKEND};
+use vipgate_nat::engine::{conn_flags, Endpoints, NO_BACKEND};
 use vipgate_nat::policy::backend_id;
 use vipgate_nat::{ConnId, ConnRecord, ConnState, Proto};
 
 use crate::control::{error, ok, Filter, Request, PAGE_MAX};
+use crate::events::EventLogCounters;
 use crate::live::Live;
 
 /// One AF_XDP socket, as a worker reported it at start.
@@ -42,6 +43,7 @@ pub(crate) struct Gateway<'a> {
     pub(crate) ports: Mutex<Vec<PortInfo>>,
     pub(crate) reloads_ok: AtomicU64,
     pub(crate) reloads_failed: AtomicU64,
+    pub(crate) event_log: EventLogCounters,
     /// (milliseconds, rx frames, tx frames) at the last two rate samples.
     rate: Mutex<(RateSample, RateSample)>,
 }
@@ -70,7 +72,7 @@ pub(crate) struct ConnView {
     ports: [u16; 3],
 }
 
-fn proto_name(p: Proto) -> &'static str {
+pub(crate) fn proto_name(p: Proto) -> &'static str {
     match p {
         Proto::Tcp => "tcp",
         Proto::Udp => "udp",
@@ -80,48 +82,24 @@ fn proto_name(p: Proto) -> &'static str {
 
 impl ConnView {
     fn new(id: ConnId, r: &ConnRecord) -> ConnView {
-        let inbound = r.flags & conn_flags::ORIG_IN_PRIVATE == 0;
-        let hairpin = r.flags & conn_flags::HAIRPIN != 0;
-        let (o, rp) = (&r.orig, &r.reply);
-        // (inside, public, outside) endpoints.
-        let (inside, public, outside, direction) = if hairpin {
-            (
-                (o.src, o.sport),
-                (o.dst, o.dport),
-                (rp.src, rp.sport),
-                "hairpin",
-            )
-        } else if inbound {
-            (
-                (rp.src, rp.sport),
-                (o.dst, o.dport),
-                (o.src, o.sport),
-                "inbound",
-            )
-        } else {
-            (
-                (o.src, o.sport),
-                (rp.dst, rp.dport),
-                (o.dst, o.dport),
-                "outbound",
-            )
-        };
+        let e = Endpoints::of(r);
+        let outside = e.outside.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
         let ep = |(a, p): (Ipv4Addr, u16)| format!("{a}:{p}");
         let backend = (r.backend != NO_BACKEND && r.flags & conn_flags::PEER_MAPPING == 0)
             .then_some(r.backend);
         ConnView {
             id: format!("{}.{}", id.index, id.generation),
-            proto: proto_name(o.proto),
+            proto: proto_name(r.orig.proto),
             state: r.state.name(),
-            direction,
-            inside: ep(inside),
-            public: ep(public),
+            direction: e.direction.name(),
+            inside: ep(e.inside),
+            public: ep(e.public),
             outside: ep(outside),
             backend,
             idle_secs: r.idle_secs,
             worker: r.owner,
-            addrs: [inside.0, public.0, outside.0],
-            ports: [inside.1, public.1, outside.1],
+            addrs: [e.inside.0, e.public.0, outside.0],
+            ports: [e.inside.1, e.public.1, outside.1],
         }
     }
 
@@ -182,6 +160,7 @@ impl<'a> Gateway<'a> {
             ports: Mutex::new(Vec::new()),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            event_log: EventLogCounters::default(),
             rate: Mutex::new(((0, 0, 0), (0, 0, 0))),
         }
     }
@@ -344,6 +323,19 @@ impl<'a> Gateway<'a> {
         })
     }
 
+    /// Counters of the control side (reloads, event log, flushes), by name.
+    pub(crate) fn control_counters(&self) -> Vec<(&'static str, u64)> {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("reloads_ok", l(&self.reloads_ok)),
+            ("reloads_failed", l(&self.reloads_failed)),
+            ("event_log_written", l(&self.event_log.written)),
+            ("event_log_dropped", l(&self.event_log.dropped)),
+            ("event_log_errors", l(&self.event_log.errors)),
+            ("flush_events_lost", self.dp.engine().flush_events_lost()),
+        ]
+    }
+
     fn stats(&self, per_worker: bool) -> Value {
         let to_map = |v: Vec<(&'static str, u64)>| -> serde_json::Map<String, Value> {
             v.into_iter()
@@ -355,7 +347,9 @@ impl<'a> Gateway<'a> {
                 .map(|w| Value::Object(to_map(self.live.worker(w))))
                 .collect()
         });
-        json!({ "total": to_map(self.live.totals()), "workers": workers })
+        let mut total = self.live.totals();
+        total.extend(self.control_counters());
+        json!({ "total": to_map(total), "workers": workers })
     }
 
     fn conns(&self, f: &Filter, count: bool, limit: Option<usize>, after: Option<u32>) -> Value {

@@ -13,6 +13,7 @@ use vipgate_config::{Config, LogFormat};
 mod cli;
 mod control;
 mod daemon;
+mod events;
 mod gateway;
 mod live;
 mod metrics;
@@ -50,9 +51,6 @@ fn init_logging(cfg: &Config) {
 /// What `check` can tell about this host beyond the file: CPUs and interfaces.
 fn host_problems(cfg: &Config) -> Vec<String> {
     let mut v = Vec::new();
-    if let Err(e) = daemon::check_unbuilt(cfg) {
-        v.push(e);
-    }
     if let Err(e) = daemon::check_cores(cfg) {
         v.push(e);
     }

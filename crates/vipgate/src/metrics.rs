@@ -75,14 +75,11 @@ pub(crate) fn render(gw: &Gateway<'_>) -> String {
         }
         reg.register(*name, format!("counter {name}, per worker"), fam);
     }
-    let reloads = Family::<Labels, Counter>::default();
-    reloads
-        .get_or_create(&vec![label("result", "ok")])
-        .inc_by(gw.reloads_ok.load(Ordering::Relaxed));
-    reloads
-        .get_or_create(&vec![label("result", "failed")])
-        .inc_by(gw.reloads_failed.load(Ordering::Relaxed));
-    reg.register("reloads", "configuration reloads by result", reloads);
+    for (name, v) in gw.control_counters() {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        reg.register(name, format!("counter {name}, of the control thread"), c);
+    }
 
     let gauge = |v: u64| {
         let g = Gauge::<i64>::default();

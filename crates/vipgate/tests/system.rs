@@ -1651,3 +1651,60 @@ fn reload_under_load_keeps_every_connection() {
     });
     drop((s1, s2));
 }
+
+#[test]
+fn nat_event_log_records_mappings_and_connections() {
+    let dir = std::env::temp_dir().join(format!("vipgate-events-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("nat-events.log");
+    let body = format!("{CONFIG_BODY}\n[events]\nfile = \"{}\"\n", log.display());
+    let Some(t) = topology_with(&body, &[]) else {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    };
+    let web = TcpService::start(&t.h1, sa(H1, 80));
+    let far = UdpService::start(&t.inet, sa(INET, 7000));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        with_log(&t, || {
+            let conn = echo_conn(&t);
+            let client = conn.local_addr().unwrap();
+            let answer =
+                t.h1.run(|| udp_ask(&udp_connected(H1, sa(INET, 7000)), "logged"))
+                    .unwrap();
+            let public = from_addr(&answer);
+            let read = || std::fs::read_to_string(&log).unwrap_or_default();
+            let inbound =
+                format!("created conn tcp inbound inside={H1}:80 public={VIP}:80 outside={client}");
+            let mapping = format!("created mapping udp inside={H1}:");
+            let outbound = format!("public={public} outside={INET}:7000");
+            poll_until(DEADLINE, "the three creations in the event log", || {
+                let text = read();
+                text.contains(&inbound) && text.contains(&mapping) && text.contains(&outbound)
+            })
+            .unwrap_or_else(|e| panic!("{e}:\n{}", read()));
+            let flushed = cli_json(&t, &["flush", "--all"]);
+            assert!(flushed["flushed"].as_u64().unwrap() >= 2, "{flushed}");
+            let deleted = inbound.replace("created", "deleted");
+            poll_until(DEADLINE, "the deletion in the event log", || {
+                read().contains(&deleted)
+            })
+            .unwrap_or_else(|e| panic!("{e}:\n{}", read()));
+            // Every line starts with an RFC 3339 time.
+            for line in read().lines() {
+                let (time, _) = line.split_once(' ').unwrap();
+                assert!(time.len() == 24 && time.ends_with('Z'), "{line}");
+            }
+            let stats = cli_json(&t, &["stats"]);
+            assert!(
+                stats["total"]["event_log_written"].as_u64().unwrap() >= 4,
+                "{stats}"
+            );
+            assert_eq!(stats["total"]["event_log_dropped"], 0, "{stats}");
+        });
+    }));
+    drop((web, far, t));
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(p) = result {
+        resume_unwind(p);
+    }
+}
