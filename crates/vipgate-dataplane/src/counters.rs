@@ -47,6 +47,12 @@ pub struct DataplaneCounters {
     pub drop_no_buffer: u64,
     /// Datagrams not translated because this box is standby (see [`crate::Dataplane::set_active`]).
     pub drop_standby: u64,
+    /// Frames handed up the host path to the control thread.
+    pub host_rx: u64,
+    /// Frames the control thread sent through this worker.
+    pub host_tx: u64,
+    /// Frames for the control thread dropped: its queue full or no buffer free.
+    pub drop_host_full: u64,
 }
 
 impl DataplaneCounters {
@@ -60,7 +66,7 @@ impl DataplaneCounters {
     }
 
     /// Every counter as (name, value), for logs and the shutdown report.
-    pub fn named(&self) -> [(&'static str, u64); 21] {
+    pub fn named(&self) -> [(&'static str, u64); 24] {
         [
             ("rx_frames", self.rx_frames),
             ("tx_frames", self.tx_frames),
@@ -83,6 +89,9 @@ impl DataplaneCounters {
             ("gateway_echo_replies", self.gateway_echo_replies),
             ("drop_no_buffer", self.drop_no_buffer),
             ("drop_standby", self.drop_standby),
+            ("host_rx", self.host_rx),
+            ("host_tx", self.host_tx),
+            ("drop_host_full", self.drop_host_full),
         ]
     }
 }

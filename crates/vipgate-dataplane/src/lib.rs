@@ -6,12 +6,14 @@
 //! Pure: frames and time in, frames out; the daemon owns sockets, threads and clocks.
 
 pub mod counters;
+pub mod host;
 pub mod icmp;
 pub mod neighbor;
 pub mod pipeline;
 pub mod route;
 
 pub use counters::DataplaneCounters;
+pub use host::{HostFrame, HostPath};
 pub use neighbor::{NeighborConfig, NeighborTable, Resolution};
 pub use pipeline::{Action, Dataplane, DataplaneConfig, DataplaneError, Emit, Interface, Pipeline};
 pub use route::{NextHop, Route, Routes};

@@ -19,6 +19,7 @@ use vipgate_wire::rewrite::{decrement_ttl, echo_request_to_reply, set_macs};
 use vipgate_wire::{Layout, Parsed, Transport};
 
 use crate::counters::DataplaneCounters;
+use crate::host::HostPath;
 use crate::icmp::{may_answer, time_exceeded_in_place};
 use crate::neighbor::{NeighborConfig, NeighborTable, Resolution};
 use crate::route::{NextHop, Route, Routes};
@@ -116,12 +117,17 @@ pub struct Dataplane {
     active: AtomicBool,
     /// Bumped to ask worker 0 for a gratuitous ARP announcement at its next tick.
     announce: AtomicU64,
+    host: HostPath,
 }
 
 /// Milliseconds between two reclaim steps of a worker.
 const RECLAIM_EVERY_MS: u64 = 10;
 /// Frames held per worker for unresolved next hops, at most.
 const HOLD_SLOTS_MAX: usize = 256;
+/// Buffers of the host path (each way's queue as long).
+const HOST_FRAMES: usize = 1024;
+/// Frames of the control thread a worker sends per tick at most.
+const HOST_TX_PER_TICK: usize = 32;
 /// TTL of the datagrams the gateway originates.
 const OWN_TTL: u8 = 64;
 
@@ -178,6 +184,7 @@ impl Dataplane {
             reclaim_budget,
             active: AtomicBool::new(true),
             announce: AtomicU64::new(0),
+            host: HostPath::new(HOST_FRAMES, config.frame_size),
         })
     }
 
@@ -195,6 +202,11 @@ impl Dataplane {
     #[inline]
     pub fn is_active(&self) -> bool {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// The host path to and from the control thread.
+    pub fn host(&self) -> &HostPath {
+        &self.host
     }
 
     /// Asks worker 0 to announce every address with gratuitous ARP at its next tick.
@@ -489,6 +501,15 @@ impl<'d> Pipeline<'d> {
             return Action::Release;
         };
         if dst_mac != ifc.mac && dst_mac != BROADCAST {
+            // Multicast to a group the control thread subscribed (VRRP adverts) goes up.
+            let multicast = dst_mac.first().is_some_and(|b| b & 1 != 0);
+            if multicast && dp.host.any_group() {
+                if let Ok(Parsed::Ipv4(l)) = vipgate_wire::parse(frame) {
+                    if l.vlan.is_none() && dp.host.wants_group(l.dst) {
+                        return self.up(iface, frame);
+                    }
+                }
+            }
             self.counters.drop_other_mac += 1;
             return Action::Release;
         }
@@ -590,9 +611,16 @@ impl<'d> Pipeline<'d> {
         };
         let echo_request = matches!(l.transport, Transport::IcmpEcho { request: true, .. });
         if dp.is_interface_addr(l.dst) {
-            // The gateway has no host stack on its data ports: it answers pings, as any
-            // router does, and nothing else.
-            if echo_request && !l.is_fragment() {
+            // The control thread's host stack takes what it subscribed to; the data plane
+            // answers pings in place, as any router does, and drops the rest.
+            let answered_here = echo_request && !l.is_fragment();
+            if !answered_here && dp.host.wants_protocol(l.proto) {
+                return match buf.get(..len) {
+                    Some(frame) => self.up(iface, frame),
+                    None => Action::Release,
+                };
+            }
+            if answered_here {
                 if let Some(frame) = buf.get_mut(..len) {
                     if echo_request_to_reply(frame, l, OWN_TTL).is_ok() {
                         self.counters.gateway_echo_replies += 1;
@@ -630,6 +658,16 @@ impl<'d> Pipeline<'d> {
             Verdict::Reply => Action::Send { iface, len },
             Verdict::Drop(_) | Verdict::Held => Action::Release,
         }
+    }
+
+    /// Hands a frame up the host path.
+    fn up(&mut self, iface: usize, frame: &[u8]) -> Action {
+        if self.dp.host.offer(iface, frame) {
+            self.counters.host_rx += 1;
+        } else {
+            self.counters.drop_host_full += 1;
+        }
+        Action::Release
     }
 
     fn time_exceeded(&mut self, iface: usize, buf: &mut [u8], l: &Layout, now_ms: u64) -> Action {
@@ -693,6 +731,21 @@ impl<'d> Pipeline<'d> {
                 self.announced = asked;
                 self.announce(out);
             }
+        }
+        for _ in 0..HOST_TX_PER_TICK {
+            let Some(f) = self.dp.host.next_down() else {
+                break;
+            };
+            let data = f.data();
+            let sent = out.emit(f.iface, &mut |b| {
+                b.get_mut(..data.len())?.copy_from_slice(data);
+                Some(data.len())
+            });
+            if sent {
+                self.counters.host_tx += 1;
+            }
+            self.counters.count_emit(sent);
+            self.dp.host.recycle(f);
         }
         if self.hold.count > 0 {
             self.release_held(now_ms, out);

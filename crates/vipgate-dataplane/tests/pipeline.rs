@@ -554,6 +554,92 @@ fn standby_keeps_quiet_for_the_vips_and_active_announces_and_forwards_at_once() 
     ));
 }
 
+/// A VRRP advert (IP protocol 112) from `src` to 224.0.0.18, to its multicast MAC.
+fn vrrp_advert(src: Ipv4Addr) -> Vec<u8> {
+    let mut f = testing::udp(src, Ipv4Addr::new(224, 0, 0, 18), 1, 2, b"advert");
+    f[..6].copy_from_slice(&[0x01, 0x00, 0x5e, 0x00, 0x00, 0x12]);
+    f[14 + 8] = 255; // TTL
+    f[14 + 9] = 112; // protocol
+    f[24] = 0;
+    f[25] = 0;
+    let sum = checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+#[test]
+fn the_host_path_carries_what_the_control_thread_subscribed_both_ways() {
+    let dp = dataplane(10);
+    let mut p = dp.pipeline(0);
+    let mut out = Sent::default();
+    let advert = vrrp_advert(RTR);
+    let to_gw = to(
+        testing::tcp(CLIENT, PUB_IP, 40000, 179, 0x02, b""),
+        PUB_MAC,
+        RTR_MAC,
+    );
+    // Nothing subscribed: multicast is not ours, TCP to the gateway is dropped.
+    assert_eq!(run(&mut p, PUB, &advert, 0, &mut out).0, Action::Release);
+    assert_eq!(run(&mut p, PUB, &to_gw, 0, &mut out).0, Action::Release);
+    assert_eq!(counter(&p, "drop_other_mac"), 1);
+    assert_eq!(counter(&p, "drop_to_gateway"), 1);
+    assert!(dp.host().receive().is_none());
+
+    assert!(dp.host().subscribe_group(Ipv4Addr::new(224, 0, 0, 18)));
+    dp.host().subscribe_protocol(6);
+    assert_eq!(run(&mut p, PUB, &advert, 1, &mut out).0, Action::Release);
+    assert_eq!(run(&mut p, PUB, &to_gw, 1, &mut out).0, Action::Release);
+    let up = dp.host().receive().unwrap();
+    assert_eq!((up.iface, up.data()), (PUB, &advert[..]));
+    dp.host().recycle(up);
+    let up = dp.host().receive().unwrap();
+    assert_eq!((up.iface, up.data()), (PUB, &to_gw[..]));
+    dp.host().recycle(up);
+    assert_eq!(counter(&p, "host_rx"), 2);
+    // Pings to the gateway are still answered in place, even with ICMP subscribed.
+    dp.host().subscribe_protocol(1);
+    let ping = to(
+        testing::icmp_echo(CLIENT, PUB_IP, true, 1, 1),
+        PUB_MAC,
+        RTR_MAC,
+    );
+    assert!(matches!(
+        run(&mut p, PUB, &ping, 2, &mut out).0,
+        Action::Send { .. }
+    ));
+    // A standby box still hears its peer.
+    dp.set_active(false);
+    run(&mut p, PUB, &advert, 3, &mut out);
+    assert!(dp.host().receive().is_some());
+
+    // Down: the control thread's frame leaves at the worker's next tick, as built.
+    let garp = ArpRepr::gratuitous(PUB_MAC, VIP);
+    assert!(dp.host().send(PUB, |b| garp.emit_frame(b, None).ok()));
+    p.tick(4, &mut out);
+    assert_eq!(out.0.len(), 1);
+    assert_eq!(out.0[0].0, PUB);
+    assert_eq!(arp_of(&out.0[0].1).sender_ip, VIP);
+    assert_eq!(counter(&p, "host_tx"), 1);
+}
+
+#[test]
+fn a_full_host_path_drops_and_counts_without_blocking() {
+    let dp = dataplane(10);
+    let mut p = dp.pipeline(0);
+    let mut out = Sent::default();
+    dp.host().subscribe_protocol(6);
+    let to_gw = to(
+        testing::tcp(CLIENT, PUB_IP, 40000, 179, 0x02, b""),
+        PUB_MAC,
+        RTR_MAC,
+    );
+    for _ in 0..1100 {
+        run(&mut p, PUB, &to_gw, 0, &mut out);
+    }
+    assert_eq!(counter(&p, "host_rx"), 1024);
+    assert_eq!(counter(&p, "drop_host_full"), 76);
+}
+
 proptest! {
     #[test]
     fn arbitrary_frames_never_panic_and_are_counted_once(

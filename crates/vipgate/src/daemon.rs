@@ -353,6 +353,7 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
 /// the frames/s sample.
 fn control_loop(listener: &UnixListener, gw: &Gateway<'_>) {
     let mut next_sample = Instant::now();
+    let mut watch = Watch::default();
     while !signal::stop_requested() {
         if signal::take_reload() {
             let _ = gw.reload(false);
@@ -360,9 +361,63 @@ fn control_loop(listener: &UnixListener, gw: &Gateway<'_>) {
         if control::wait_readable(listener, CONTROL_TICK) {
             control::serve_pending(listener, gw);
         }
+        // Nothing on the control thread subscribes yet (VRRP and health checks will): a
+        // frame that came up anyway goes back to the pool, counted.
+        while let Some(f) = gw.dp.host().receive() {
+            gw.host_unclaimed.fetch_add(1, Ordering::Relaxed);
+            gw.dp.host().recycle(f);
+        }
         if Instant::now() >= next_sample {
             next_sample += Duration::from_secs(1);
             gw.sample_rate();
+            watch.check(gw.live);
+        }
+    }
+}
+
+/// Counters an operator must hear about in the log, not only in `stats`: each is logged
+/// when it grew, at most once per [`WATCH_EVERY`], with the growth since the last line.
+const WATCHED: [(&str, &str); 4] = [
+    (
+        "pat_ports_exhausted",
+        "new connections refused: no free PAT port on their public address",
+    ),
+    (
+        "drop_neighbor_unresolved",
+        "frames dropped: their next hop never answered ARP",
+    ),
+    (
+        "drop_table_full",
+        "new connections refused: the connection table is full",
+    ),
+    (
+        "events_lost",
+        "sync and event-log events lost: a worker's event queue was full",
+    ),
+];
+/// The shortest time between two log lines about one watched counter.
+const WATCH_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Watch {
+    seen: [u64; WATCHED.len()],
+    logged: [Option<Instant>; WATCHED.len()],
+}
+
+impl Watch {
+    fn check(&mut self, live: &Live) {
+        let now = Instant::now();
+        for ((name, what), (seen, logged)) in WATCHED
+            .iter()
+            .zip(self.seen.iter_mut().zip(self.logged.iter_mut()))
+        {
+            let total = live.total(name);
+            if total <= *seen || logged.is_some_and(|t| now.duration_since(t) < WATCH_EVERY) {
+                continue;
+            }
+            tracing::warn!(counter = name, more = total - *seen, total, "{what}");
+            *seen = total;
+            *logged = Some(now);
         }
     }
 }

@@ -44,6 +44,8 @@ pub(crate) struct Gateway<'a> {
     pub(crate) reloads_ok: AtomicU64,
     pub(crate) reloads_failed: AtomicU64,
     pub(crate) event_log: EventLogCounters,
+    /// Frames that came up the host path with nobody on the control thread to take them.
+    pub(crate) host_unclaimed: AtomicU64,
     /// (milliseconds, rx frames, tx frames) at the last two rate samples.
     rate: Mutex<(RateSample, RateSample)>,
 }
@@ -161,6 +163,7 @@ impl<'a> Gateway<'a> {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             event_log: EventLogCounters::default(),
+            host_unclaimed: AtomicU64::new(0),
             rate: Mutex::new(((0, 0, 0), (0, 0, 0))),
         }
     }
@@ -333,6 +336,8 @@ impl<'a> Gateway<'a> {
             ("event_log_dropped", l(&self.event_log.dropped)),
             ("event_log_errors", l(&self.event_log.errors)),
             ("flush_events_lost", self.dp.engine().flush_events_lost()),
+            ("host_unclaimed", l(&self.host_unclaimed)),
+            ("host_send_failed", self.dp.host().send_failed()),
         ]
     }
 

@@ -1708,3 +1708,34 @@ fn nat_event_log_records_mappings_and_connections() {
         resume_unwind(p);
     }
 }
+
+#[test]
+fn a_full_table_is_said_in_the_log() {
+    let Some(t) = topology_with(CONFIG_BODY, &[("VIPGATE_NAT__CAPACITY", "4")]) else {
+        return;
+    };
+    let web = TcpService::start(&t.h1, sa(H1, 80));
+    with_log(&t, || {
+        let opened: Vec<TcpStream> = t
+            .client
+            .run(|| {
+                (0..8)
+                    .filter_map(|_| {
+                        TcpStream::connect_timeout(&sa(VIP, 80).into(), Duration::from_secs(1)).ok()
+                    })
+                    .collect()
+            })
+            .unwrap();
+        assert!(
+            opened.len() <= 4,
+            "{} connections in a table of 4",
+            opened.len()
+        );
+        poll_until(DEADLINE, "the log line about the full table", || {
+            t.gateway_log()
+                .contains("new connections refused: the connection table is full")
+        })
+        .unwrap();
+    });
+    drop(web);
+}

@@ -1,0 +1,245 @@
+//! The host path: frames between the workers and the gateway's control thread.
+//!
+//! Frames addressed to the gateway that the pipeline does not answer in place (an IP
+//! protocol the control thread subscribed to, on an interface address) and multicast frames
+//! to subscribed groups (VRRP's 224.0.0.18) go up to the control thread; the control thread
+//! sends frames out of any data port through the workers. Both ways run through bounded
+//! queues of buffers taken from a fixed pool allocated at start: a worker copies, never
+//! allocates, never blocks; a full queue or an empty pool drops and counts.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crossbeam_queue::ArrayQueue;
+
+/// Multicast groups the control thread can subscribe at once.
+pub const GROUPS_MAX: usize = 8;
+
+/// A frame on the host path, in a buffer of the path's pool.
+#[derive(Debug)]
+pub struct HostFrame {
+    /// The interface it arrived on, or leaves by.
+    pub iface: usize,
+    len: usize,
+    buf: Box<[u8]>,
+}
+
+impl HostFrame {
+    /// The frame's bytes.
+    pub fn data(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or(&[])
+    }
+}
+
+/// The queues and the subscriptions, shared by the workers and the control thread.
+#[derive(Debug)]
+pub struct HostPath {
+    free: ArrayQueue<Box<[u8]>>,
+    up: ArrayQueue<HostFrame>,
+    down: ArrayQueue<HostFrame>,
+    /// IP protocols to the gateway's own addresses that go up, one bit each.
+    protocols: [AtomicU64; 4],
+    /// Subscribed IPv4 multicast groups, 0 for a free slot.
+    groups: [AtomicU32; GROUPS_MAX],
+    /// Frames the control thread could not send: no buffer or the queue down full.
+    send_failed: AtomicU64,
+}
+
+impl HostPath {
+    /// A path of `frames` buffers of `frame_size` bytes, each way's queue as long.
+    pub fn new(frames: usize, frame_size: usize) -> HostPath {
+        let frames = frames.max(1);
+        let free = ArrayQueue::new(frames);
+        for _ in 0..frames {
+            let _ = free.push(vec![0u8; frame_size].into_boxed_slice());
+        }
+        HostPath {
+            free,
+            up: ArrayQueue::new(frames),
+            down: ArrayQueue::new(frames),
+            protocols: std::array::from_fn(|_| AtomicU64::new(0)),
+            groups: std::array::from_fn(|_| AtomicU32::new(0)),
+            send_failed: AtomicU64::new(0),
+        }
+    }
+
+    /// Frames of IP protocol `proto` to the gateway's own addresses go up from now on.
+    pub fn subscribe_protocol(&self, proto: u8) {
+        if let Some(w) = self.protocols.get(usize::from(proto >> 6)) {
+            w.fetch_or(1 << (proto & 63), Ordering::AcqRel);
+        }
+    }
+
+    /// Whether protocol `proto` goes up.
+    #[inline]
+    pub fn wants_protocol(&self, proto: u8) -> bool {
+        self.protocols
+            .get(usize::from(proto >> 6))
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (proto & 63)) != 0)
+    }
+
+    /// Frames to multicast group `group` go up from now on; false if every slot is taken
+    /// or `group` is not multicast.
+    pub fn subscribe_group(&self, group: Ipv4Addr) -> bool {
+        if !group.is_multicast() {
+            return false;
+        }
+        let g = u32::from(group);
+        if self.wants_group(group) {
+            return true;
+        }
+        self.groups.iter().any(|slot| {
+            slot.compare_exchange(0, g, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        })
+    }
+
+    /// Stops taking frames to `group` up.
+    pub fn unsubscribe_group(&self, group: Ipv4Addr) {
+        let g = u32::from(group);
+        for slot in &self.groups {
+            let _ = slot.compare_exchange(g, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `group` is subscribed.
+    #[inline]
+    pub fn wants_group(&self, group: Ipv4Addr) -> bool {
+        let g = u32::from(group);
+        g != 0 && self.groups.iter().any(|s| s.load(Ordering::Relaxed) == g)
+    }
+
+    /// Whether any group is subscribed (a quick test before parsing a multicast frame).
+    #[inline]
+    pub fn any_group(&self) -> bool {
+        self.groups.iter().any(|s| s.load(Ordering::Relaxed) != 0)
+    }
+
+    /// A worker hands `frame`, received on `iface`, up; false (the caller counts it) when
+    /// no buffer is free or the queue up is full.
+    pub fn offer(&self, iface: usize, frame: &[u8]) -> bool {
+        let Some(mut buf) = self.free.pop() else {
+            return false;
+        };
+        let Some(dst) = buf.get_mut(..frame.len()) else {
+            let _ = self.free.push(buf);
+            return false;
+        };
+        dst.copy_from_slice(frame);
+        let f = HostFrame {
+            iface,
+            len: frame.len(),
+            buf,
+        };
+        match self.up.push(f) {
+            Ok(()) => true,
+            Err(f) => {
+                let _ = self.free.push(f.buf);
+                false
+            }
+        }
+    }
+
+    /// The control thread takes the next frame that came up; give it back with
+    /// [`HostPath::recycle`].
+    pub fn receive(&self) -> Option<HostFrame> {
+        self.up.pop()
+    }
+
+    /// Returns a frame's buffer to the pool.
+    pub fn recycle(&self, f: HostFrame) {
+        let _ = self.free.push(f.buf);
+    }
+
+    /// The control thread sends a frame out of interface `iface`: `build` writes it into a
+    /// free buffer and returns its length. False (and counted) when no buffer is free, the
+    /// queue down is full or `build` gives up.
+    pub fn send(&self, iface: usize, build: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+        let sent = self.free.pop().is_some_and(|mut buf| {
+            match build(&mut buf).filter(|n| *n <= buf.len()) {
+                Some(len) => match self.down.push(HostFrame { iface, len, buf }) {
+                    Ok(()) => true,
+                    Err(f) => {
+                        let _ = self.free.push(f.buf);
+                        false
+                    }
+                },
+                None => {
+                    let _ = self.free.push(buf);
+                    false
+                }
+            }
+        });
+        if !sent {
+            self.send_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// Frames [`HostPath::send`] could not queue.
+    pub fn send_failed(&self) -> u64 {
+        self.send_failed.load(Ordering::Relaxed)
+    }
+
+    /// A worker takes the next frame to send.
+    pub(crate) fn next_down(&self) -> Option<HostFrame> {
+        self.down.pop()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn frames_go_up_and_down_and_buffers_come_back() {
+        let h = HostPath::new(2, 64);
+        assert!(h.offer(1, b"abc"));
+        assert!(h.offer(0, b"de"));
+        assert!(
+            !h.offer(0, b"f"),
+            "the pool is empty: dropped, never blocked"
+        );
+        let f = h.receive().unwrap();
+        assert_eq!((f.iface, f.data()), (1, &b"abc"[..]));
+        h.recycle(f);
+        assert!(!h.offer(0, &[0u8; 65]), "longer than a buffer");
+        assert!(h.send(3, |b| {
+            b[..2].copy_from_slice(b"hi");
+            Some(2)
+        }));
+        assert!(!h.send(3, |_| Some(1)), "no buffer left");
+        assert_eq!(h.send_failed(), 1);
+        let d = h.next_down().unwrap();
+        assert_eq!((d.iface, d.data()), (3, &b"hi"[..]));
+        h.recycle(d);
+        h.recycle(h.receive().unwrap());
+        assert!(!h.send(0, |_| None));
+        assert_eq!(h.free.len(), 2, "every buffer is back");
+    }
+
+    #[test]
+    fn subscriptions() {
+        let h = HostPath::new(1, 64);
+        assert!(!h.wants_protocol(112));
+        h.subscribe_protocol(112);
+        h.subscribe_protocol(255);
+        assert!(h.wants_protocol(112) && h.wants_protocol(255) && !h.wants_protocol(6));
+        let vrrp = Ipv4Addr::new(224, 0, 0, 18);
+        assert!(!h.any_group());
+        assert!(!h.subscribe_group(Ipv4Addr::new(10, 0, 0, 1)));
+        assert!(h.subscribe_group(vrrp) && h.subscribe_group(vrrp));
+        assert!(h.wants_group(vrrp) && h.any_group());
+        for i in 1..GROUPS_MAX as u8 {
+            assert!(h.subscribe_group(Ipv4Addr::new(239, 0, 0, i)));
+        }
+        assert!(
+            !h.subscribe_group(Ipv4Addr::new(239, 1, 1, 1)),
+            "slots full"
+        );
+        h.unsubscribe_group(vrrp);
+        assert!(!h.wants_group(vrrp));
+    }
+}
