@@ -67,37 +67,6 @@ esac
 
 vg_require_root
 
-# lab_packages CMD:PACKAGE... — installs the packages dpkg does not list as installed, and
-# runs `apt-get update` only then: on a machine that has them all, apt is not touched (no
-# network, no minute spent refreshing lists). Then checks every command is there.
-lab_packages() {
-    local pair cmd pkg missing=() absent=()
-    for pair in "$@"; do
-        cmd=${pair%%:*}
-        pkg=${pair#*:}
-        vg_have "$cmd" || absent+=("$cmd")
-        if ! command -v dpkg-query >/dev/null 2>&1; then
-            continue
-        fi
-        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
-            [[ " ${missing[*]} " == *" $pkg "* ]] || missing+=("$pkg")
-        fi
-    done
-    if ((${#missing[@]} > 0)) && [[ ${LAB_NO_APT:-0} != 1 || ${#absent[@]} -gt 0 ]]; then
-        command -v apt-get >/dev/null 2>&1 ||
-            vg_die "apt-get not found and missing packages: ${missing[*]}"
-        vg_log "installing missing Debian packages: ${missing[*]}"
-        DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null ||
-            vg_die "apt-get update failed"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-            "${missing[@]}" </dev/null >/dev/null || vg_die "apt-get install ${missing[*]} failed"
-    fi
-    for pair in "$@"; do
-        cmd=${pair%%:*}
-        vg_have "$cmd" || vg_die "$cmd is missing; install the Debian package ${pair#*:}"
-    done
-}
-
 tools=(ip:iproute2 ethtool:ethtool curl:curl python3:python3 ping:iputils-ping
     traceroute:traceroute ps:procps)
 if [[ $gateway == kernel ]]; then
@@ -107,7 +76,7 @@ elif [[ -z ${LAB_VIPGATE_BIN:-} ]]; then
     # certificates.
     tools+=(cc:gcc /usr/include/stdio.h:libc6-dev update-ca-certificates:ca-certificates)
 fi
-lab_packages "${tools[@]}"
+vg_ensure_tools "${tools[@]}"
 
 prefix="vglab-$$-"
 ns_client=${prefix}client

@@ -28,10 +28,7 @@ vg_require_root() {
     [[ $(id -u) -eq 0 ]] || vg_die "run as root (sudo $0): namespaces, veths and XDP need it"
 }
 
-# vg_ensure_tools CMD:PACKAGE... — installs the Debian packages. Skipped only when LAB_NO_APT=1
-# and every command is already there: the default installs, so a fresh machine just works and
-# a stale package list is never the reason a first run fails. A CMD that starts with / is a
-# file the package provides (for packages without a command, such as libc6-dev).
+# vg_have CMD — true if the command (or, for a CMD that starts with /, the file) exists.
 vg_have() {
     if [[ $1 == /* ]]; then
         [[ -e $1 ]]
@@ -40,26 +37,36 @@ vg_have() {
     fi
 }
 
+# vg_ensure_tools CMD:PACKAGE... — installs the Debian packages dpkg does not list as
+# installed, and runs `apt-get update` only then: on a machine that has them all, apt is not
+# touched (no network, no minute spent refreshing lists). LAB_NO_APT=1 skips apt while every
+# command is there. Then checks every command is there. A CMD that starts with / is a file the
+# package provides (for packages without a command, such as libc6-dev).
 vg_ensure_tools() {
-    local pair cmd missing=() packages=()
+    local pair cmd pkg missing=() absent=()
     for pair in "$@"; do
         cmd=${pair%%:*}
-        packages+=("${pair#*:}")
-        vg_have "$cmd" || missing+=("$cmd")
+        pkg=${pair#*:}
+        vg_have "$cmd" || absent+=("$cmd")
+        if ! command -v dpkg-query >/dev/null 2>&1; then
+            continue
+        fi
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+            [[ " ${missing[*]} " == *" $pkg "* ]] || missing+=("$pkg")
+        fi
     done
-    if [[ ${LAB_NO_APT:-0} == 1 && ${#missing[@]} -eq 0 ]]; then
-        return 0
+    if ((${#missing[@]} > 0)) && [[ ${LAB_NO_APT:-0} != 1 || ${#absent[@]} -gt 0 ]]; then
+        command -v apt-get >/dev/null 2>&1 ||
+            vg_die "apt-get not found and missing packages: ${missing[*]}"
+        vg_log "installing missing Debian packages: ${missing[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null ||
+            vg_die "apt-get update failed"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            "${missing[@]}" </dev/null >/dev/null || vg_die "apt-get install ${missing[*]} failed"
     fi
-    command -v apt-get >/dev/null 2>&1 ||
-        vg_die "apt-get not found and missing commands: ${missing[*]:-none}; install: ${packages[*]}"
-    vg_log "installing Debian packages: ${packages[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null ||
-        vg_die "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${packages[@]}" \
-        >/dev/null || vg_die "apt-get install ${packages[*]} failed"
     for pair in "$@"; do
         cmd=${pair%%:*}
-        vg_have "$cmd" || vg_die "$cmd still missing after installing ${pair#*:}"
+        vg_have "$cmd" || vg_die "$cmd is missing; install the Debian package ${pair#*:}"
     done
 }
 
