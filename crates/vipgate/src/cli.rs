@@ -13,7 +13,9 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 use vipgate_config::{Config, Control};
 
-use crate::control::{self, ClientError, Filter, Request};
+use vipgate::protocol::{Filter, Request};
+
+use crate::control::{self, ClientError};
 
 /// Exit code: the daemon refused, or the work failed.
 pub(crate) const EXIT_FAILED: u8 = 1;

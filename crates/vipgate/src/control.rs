@@ -6,84 +6,19 @@
 //! cap and a deadline, and anything that does not parse is answered with an error.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
+use vipgate::protocol::{error, parse_request, Request, REQUEST_MAX};
 
 use crate::gateway::Gateway;
 
-/// Longest request line accepted.
-const REQUEST_MAX: u64 = 64 * 1024;
 /// How long a client may take to send its request.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
-/// Connections listed per page at most.
-pub(crate) const PAGE_MAX: usize = 10_000;
-
-/// Which connections a `conns` or `flush` request selects; every given field must match.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Filter {
-    /// The gateway's public address of the connection (a VIP or PAT address).
-    pub(crate) vip: Option<Ipv4Addr>,
-    /// The internal host's address.
-    pub(crate) inside: Option<Ipv4Addr>,
-    /// The remote (outside) host's address.
-    pub(crate) outside: Option<Ipv4Addr>,
-    /// A port on any side.
-    pub(crate) port: Option<u16>,
-    /// `tcp`, `udp` or `icmp`.
-    pub(crate) proto: Option<String>,
-    /// A state name as `conns` shows it (`established`, `syn_sent`, `udp`, ...).
-    pub(crate) state: Option<String>,
-}
-
-/// A request, as it travels on the socket.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub(crate) enum Request {
-    /// Version, uptime, role, workers, ports, rates, table fill.
-    Status,
-    /// Every counter, summed or per worker.
-    Stats {
-        #[serde(default)]
-        workers: bool,
-    },
-    /// Connections: a count or a page.
-    Conns {
-        #[serde(default)]
-        filter: Filter,
-        #[serde(default)]
-        count: bool,
-        #[serde(default)]
-        limit: Option<usize>,
-        #[serde(default)]
-        after: Option<u32>,
-    },
-    /// VIPs and what they lead to.
-    Vips,
-    /// Removes the selected connections.
-    Flush {
-        #[serde(default)]
-        filter: Filter,
-        #[serde(default)]
-        all: bool,
-    },
-    /// Re-reads the configuration file.
-    Reload {
-        #[serde(default)]
-        flush_removed: bool,
-    },
-    /// Closes the gate.
-    Standby,
-    /// Opens the gate.
-    Active,
-}
 
 /// Binds the socket at `path`, owner-only. A socket file left by a daemon that is gone is
 /// replaced; one that a running daemon answers on is not.
@@ -186,9 +121,9 @@ fn serve_one(stream: UnixStream, gw: &Gateway<'_>) -> io::Result<()> {
             Ok(_) if !line.ends_with('\n') && line.len() as u64 >= REQUEST_MAX => {
                 error(format!("request longer than {REQUEST_MAX} bytes"))
             }
-            Ok(_) => match serde_json::from_str::<Request>(line.trim()) {
+            Ok(_) => match parse_request(line.as_bytes()) {
                 Ok(req) => gw.handle(req),
-                Err(e) => error(format!("bad request: {e}")),
+                Err(e) => error(e),
             },
             Err(e) => error(format!("reading the request: {e}")),
         }
@@ -196,16 +131,6 @@ fn serve_one(stream: UnixStream, gw: &Gateway<'_>) -> io::Result<()> {
     let mut out = serde_json::to_vec(&answer).unwrap_or_default();
     out.push(b'\n');
     (&stream).write_all(&out)
-}
-
-/// A success answer.
-pub(crate) fn ok(data: Value) -> Value {
-    json!({ "ok": true, "data": data })
-}
-
-/// A failure answer.
-pub(crate) fn error(msg: impl Into<String>) -> Value {
-    json!({ "ok": false, "error": msg.into() })
 }
 
 /// Why the client side failed: the daemon refused (exit 1) or could not be reached (3).
@@ -243,35 +168,5 @@ pub(crate) fn call(path: &PathBuf, req: &Request, timeout: Duration) -> Result<V
             .unwrap_or("unknown error")
             .to_string();
         Err(ClientError::Refused(msg))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    #[test]
-    fn requests_round_trip_and_unknown_fields_are_refused() {
-        let r = Request::Conns {
-            filter: Filter {
-                vip: Some(Ipv4Addr::new(203, 0, 113, 10)),
-                port: Some(80),
-                ..Filter::default()
-            },
-            count: false,
-            limit: Some(10),
-            after: None,
-        };
-        let text = serde_json::to_string(&r).unwrap();
-        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
-        assert_eq!(
-            serde_json::from_str::<Request>(r#"{"cmd":"stats"}"#).unwrap(),
-            Request::Stats { workers: false }
-        );
-        assert!(serde_json::from_str::<Request>(r#"{"cmd":"stats","x":1}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"cmd":"rm -rf"}"#).is_err());
-        assert!(serde_json::from_str::<Request>("[]").is_err());
     }
 }

@@ -17,9 +17,9 @@ use vipgate_nat::engine::{conn_flags, Endpoints, NO_BACKEND};
 use vipgate_nat::policy::backend_id;
 use vipgate_nat::{ConnId, ConnRecord, ConnState, Proto};
 
-use crate::control::{error, ok, Filter, Request, PAGE_MAX};
 use crate::events::EventLogCounters;
 use crate::live::Live;
+use vipgate::protocol::{error, ok, Filter, Request, PAGE_MAX};
 
 /// One AF_XDP socket, as a worker reported it at start.
 #[derive(Clone, Debug, Serialize)]
@@ -113,26 +113,6 @@ impl ConnView {
             && f.proto.as_deref().is_none_or(|p| p == self.proto)
             && f.state.as_deref().is_none_or(|s| s == self.state)
     }
-}
-
-/// Checks a filter's names before a walk, so a typo is an error and not an empty answer.
-fn check_filter(f: &Filter) -> Result<(), String> {
-    if let Some(p) = &f.proto {
-        if !["tcp", "udp", "icmp"].contains(&p.as_str()) {
-            return Err(format!("proto {p:?}: expected tcp, udp or icmp"));
-        }
-    }
-    if let Some(s) = &f.state {
-        let known: Vec<&str> = (0..ConnState::COUNT as u8)
-            .filter_map(ConnState::from_u8)
-            .filter(|s| *s != ConnState::Mapping)
-            .map(ConnState::name)
-            .collect();
-        if !known.contains(&s.as_str()) {
-            return Err(format!("state {s:?}: expected one of {}", known.join(", ")));
-        }
-    }
-    Ok(())
 }
 
 /// Live state derived by walking the table: connections per public address and backend.
@@ -268,16 +248,16 @@ impl<'a> Gateway<'a> {
                 count,
                 limit,
                 after,
-            } => match check_filter(&filter) {
+            } => match filter.check() {
                 Ok(()) => ok(self.conns(&filter, count, limit, after)),
                 Err(e) => error(e),
             },
             Request::Vips => ok(self.vips()),
             Request::Flush { filter, all } => {
-                if !all && filter == Filter::default() {
+                if !all && filter.is_empty() {
                     return error("flush needs a filter, or --all to flush every connection");
                 }
-                match check_filter(&filter) {
+                match filter.check() {
                     Ok(()) => ok(self.flush(&filter)),
                     Err(e) => error(e),
                 }

@@ -21,7 +21,7 @@ mod signal;
 mod worker;
 
 use cli::{Cli, Command, EXIT_FAILED, EXIT_USAGE};
-use control::Request;
+use vipgate::protocol::Request;
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
