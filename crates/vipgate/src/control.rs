@@ -20,12 +20,27 @@ use crate::gateway::Gateway;
 /// How long a client may take to send its request.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 
+/// The socket's file, removed when dropped: on a clean stop and on a failed start alike.
+pub(crate) struct SocketFile(PathBuf);
+
+impl SocketFile {
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Binds the socket at `path`, owner-only. A socket file left by a daemon that is gone is
 /// replaced; one that a running daemon answers on is not.
 ///
 /// # Errors
 /// One line naming the path and the problem.
-pub(crate) fn bind(path: &Path) -> Result<UnixListener, String> {
+pub(crate) fn bind(path: &Path) -> Result<(UnixListener, SocketFile), String> {
     let at = |e: io::Error| format!("control.socket: {}: {e}", path.display());
     if let Some(dir) = path.parent() {
         if !dir.exists() {
@@ -43,9 +58,10 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, String> {
         std::fs::remove_file(path).map_err(at)?;
     }
     let listener = UnixListener::bind(path).map_err(at)?;
+    let file = SocketFile(path.to_path_buf());
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(at)?;
     listener.set_nonblocking(true).map_err(at)?;
-    Ok(listener)
+    Ok((listener, file))
 }
 
 /// Waits up to `timeout` for a client; true if one is waiting.
@@ -141,7 +157,7 @@ pub(crate) enum ClientError {
 }
 
 /// Sends `req` to the daemon at `path` and returns its `data`.
-pub(crate) fn call(path: &PathBuf, req: &Request, timeout: Duration) -> Result<Value, ClientError> {
+pub(crate) fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Value, ClientError> {
     let unreachable = |e: io::Error| {
         ClientError::Unreachable(format!(
             "cannot reach vipgate at {}: {e} (is it running? is this the control.socket of its configuration?)",

@@ -170,8 +170,7 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
     }
     let engine = Engine::with_policy(nat, cfg.policy.0.clone()).map_err(|e| format!("nat: {e}"))?;
     let dp = Dataplane::with_engine(dp_config, engine).map_err(|e| format!("nat: {e}"))?;
-    let listener = control::bind(&cfg.control.socket)?;
-    let socket_path = cfg.control.socket.clone();
+    let (listener, socket) = control::bind(&cfg.control.socket)?;
     let metrics_server = cfg.metrics.listen.map(metrics::bind).transpose()?;
     let mode = match cfg.xdp.mode {
         XdpMode::Skb => vipgate_io::XdpMode::Skb,
@@ -325,7 +324,7 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
                 workers = handles.len(),
                 mode = ?mode,
                 ports = %ports.join(", "),
-                control = %socket_path.display(),
+                control = %socket.path().display(),
                 metrics = ?metrics_server.as_ref().map(|m| m.server_addr().to_string()),
                 "vipgate ready"
             );
@@ -343,7 +342,7 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
     })?;
     // The sockets closed with their workers; closing the links detaches the programs.
     drop(programs);
-    let _ = std::fs::remove_file(&socket_path);
+    drop(socket);
     let mut totals = live.totals();
     totals.extend(gw.control_counters());
     Ok(totals)

@@ -1335,8 +1335,13 @@ fn cli_drives_a_running_gateway() {
     })
     .unwrap();
     drop(web);
-    let counters = finish(t).unwrap();
+    let socket = t.control_socket().unwrap().to_path_buf();
+    assert!(socket.exists());
+    // Stopped, with the topology (and the socket's directory) still there.
+    let counters = t.stop().unwrap().unwrap().counters;
+    assert!(!socket.exists(), "the control socket is removed at exit");
     at_least(&counters, "conns_created", 1);
+    at_least(&counters, "reloads_ok", 2);
 }
 
 #[test]
