@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The vipgate lab: `sudo ./scripts/lab.sh [--keep] [--mode skb|drv]`.
+# The vipgate lab, as root: `./scripts/lab.sh [--keep] [--mode skb|drv]`.
 #
 # Builds vipgate, puts it between a small internet and a private LAN made of network
 # namespaces, runs web servers behind it and shows, one PASS/FAIL line per step, that it works:
 # DNAT to a host, PAT for a host's outgoing connection, ping of the VIP, a load-balanced pool,
-# a traceroute through it. Then stops vipgate and prints its non-zero counters.
+# a traceroute through it, and the operator's CLI (status, conns, reload) over the control
+# socket. Then stops vipgate and prints its non-zero counters.
 #
 #   client 198.51.100.100/25 --+
 #                               rtr 203.0.113.254 --- vg-pub [vipgate] vg-priv --- lan (br0) --- h1 198.18.0.10
@@ -271,8 +272,9 @@ EOF
     vg_spawn "$ns_gw" /dev/null /dev/null sleep 86400
     gw_pid=$VG_LAST_PID
 else
-    mode_env=()
-    [[ -z $mode ]] || mode_env=("VIPGATE_XDP__MODE=$mode")
+    # Its own control socket, so the lab never meets another vipgate's.
+    mode_env=("VIPGATE_CONTROL__SOCKET=$workdir/control.sock")
+    [[ -z $mode ]] || mode_env+=("VIPGATE_XDP__MODE=$mode")
     vg_log "starting vipgate in ${prefix}gw (mode ${mode:-from the config})"
     vg_spawn "$ns_gw" "$workdir/vipgate.out" "$workdir/vipgate.err" \
         env "${mode_env[@]}" "$vipgate" run --config "$CONFIG"
@@ -380,6 +382,26 @@ else
     show "$out"
 fi
 
+# (f) The operator's view: the running gateway answers its CLI over the control socket,
+# lists the connections the steps above made, and reloads its file.
+if [[ $gateway == vipgate ]]; then
+    out=$workdir/f.out
+    sock=(--socket "$workdir/control.sock")
+    rc=0
+    {
+        "$vipgate" status "${sock[@]}" &&
+            "$vipgate" conns "${sock[@]}" --vip "$VIP" --limit 5 &&
+            "$vipgate" conns "${sock[@]}" --count &&
+            "$vipgate" reload "${sock[@]}"
+    } >"$out" 2>&1 || rc=$?
+    if ((rc == 0)) && grep -q '^role *active' "$out" && grep -q '^reloaded' "$out"; then
+        result 0 "(f) vipgate status, conns, reload over the control socket: $(grep -m1 ' connections$' "$out")"
+    else
+        result 1 "(f) vipgate status, conns, reload over the control socket"
+    fi
+    show "$out"
+fi
+
 if ((keep)); then
     cat <<EOF
 
@@ -395,6 +417,7 @@ if ((keep)); then
 EOF
     if [[ $gateway == vipgate ]]; then
         echo "  tail -f $workdir/vipgate.err                # vipgate's log"
+        echo "  $vipgate status --socket $workdir/control.sock   # and stats, conns, vips, reload, standby, active"
     fi
     # Ctrl-C here is the normal end: it stops the wait, then the run finishes as without
     # --keep (counters, summary, exit status of the checks).
