@@ -161,6 +161,8 @@ fn publish(block: &Block, p: &Pipeline<'_>, lp: &WorkerLoop<XdpPorts>) {
 /// # Errors
 /// One line saying what failed at start-up.
 pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
+    // First of all, so that a SIGHUP during start-up reloads (later) instead of killing.
+    signal::install().map_err(|e| format!("signal handlers: {e}"))?;
     check_cores(&cfg)?;
     let dp_config = dataplane_config(&cfg)?;
     let event_file = cfg.events.file.as_deref().map(events::open).transpose()?;
@@ -190,7 +192,6 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
         frame_size: cfg.xdp.frame_size,
         ring: cfg.xdp.ring,
     };
-    signal::install().map_err(|e| format!("signal handlers: {e}"))?;
 
     let stop = AtomicBool::new(false);
     let start = Instant::now();

@@ -75,6 +75,21 @@ pub(crate) fn render(gw: &Gateway<'_>) -> String {
         }
         reg.register(*name, format!("counter {name}, per worker"), fam);
     }
+    // The drop counters once more as one family, so a dashboard can sum or graph them by
+    // reason; the reason is the counter's own name.
+    let drops = Family::<Labels, Counter>::default();
+    for (i, name) in gw.live.names().iter().enumerate() {
+        if !name.starts_with("drop_") {
+            continue;
+        }
+        for (w, counters) in per_worker.iter().enumerate() {
+            let v = counters.get(i).map_or(0, |(_, v)| *v);
+            drops
+                .get_or_create(&vec![label("worker", w), label("reason", name)])
+                .inc_by(v);
+        }
+    }
+    reg.register("drops", "frames dropped, by worker and reason", drops);
     for (name, v) in gw.control_counters() {
         let c = Counter::<u64>::default();
         c.inc_by(v);
