@@ -215,7 +215,8 @@ EOF
     vg-drv) write_vipgate_config drv "$workdir/$gw.toml" ;;
     esac
     if [[ $gw == vg-* ]]; then
-        "$vipgate" check --config "$workdir/$gw.toml" >/dev/null ||
+        # In the gateway's namespace, where check also finds the interfaces.
+        ip netns exec "$gwns" "$vipgate" check --config "$workdir/$gw.toml" >/dev/null ||
             vg_die "vipgate rejects the benchmark's config:$(printf '\n'; cat "$workdir/$gw.toml")"
     fi
     if [[ $gw == nft ]]; then

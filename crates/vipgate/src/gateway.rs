@@ -65,7 +65,10 @@ pub(crate) struct ConnView {
     pub(crate) inside: String,
     pub(crate) public: String,
     pub(crate) outside: String,
-    pub(crate) backend: Option<u32>,
+    /// The pool backend, as `pool/address:port` (its id while the policy no longer has it).
+    pub(crate) backend: Option<String>,
+    #[serde(skip)]
+    backend_id: Option<u32>,
     pub(crate) idle_secs: u32,
     pub(crate) worker: u8,
     #[serde(skip)]
@@ -87,7 +90,7 @@ impl ConnView {
         let e = Endpoints::of(r);
         let outside = e.outside.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
         let ep = |(a, p): (Ipv4Addr, u16)| format!("{a}:{p}");
-        let backend = (r.backend != NO_BACKEND && r.flags & conn_flags::PEER_MAPPING == 0)
+        let backend_id = (r.backend != NO_BACKEND && r.flags & conn_flags::PEER_MAPPING == 0)
             .then_some(r.backend);
         ConnView {
             id: format!("{}.{}", id.index, id.generation),
@@ -97,7 +100,8 @@ impl ConnView {
             inside: ep(e.inside),
             public: ep(e.public),
             outside: ep(outside),
-            backend,
+            backend: backend_id.map(|id| id.to_string()),
+            backend_id,
             idle_secs: r.idle_secs,
             worker: r.owner,
             addrs: [e.inside.0, e.public.0, outside.0],
@@ -191,7 +195,7 @@ impl<'a> Gateway<'a> {
             g.conns += 1;
             let v = ConnView::new(id, r);
             *g.per_vip.entry(v.addrs[1]).or_default() += 1;
-            if let Some(b) = v.backend {
+            if let Some(b) = v.backend_id {
                 *g.per_backend.entry(b).or_default() += 1;
             }
             true
@@ -366,6 +370,16 @@ impl<'a> Gateway<'a> {
             }
             list.len() < limit
         });
+        let names: BTreeMap<u32, String> = self
+            .backends()
+            .into_iter()
+            .map(|(pool, backend, id, _)| (id, format!("{pool}/{backend}")))
+            .collect();
+        for v in &mut list {
+            if let Some(name) = v.backend_id.and_then(|id| names.get(&id)) {
+                v.backend = Some(name.clone());
+            }
+        }
         json!({ "conns": list, "next": next })
     }
 

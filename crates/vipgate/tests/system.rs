@@ -1624,6 +1624,14 @@ fn reload_under_load_keeps_every_connection() {
         let reloaded = cli_json(&t, &["reload"]);
         assert_eq!(reloaded["generation"], 2);
         wait_rounds(3, "three rounds after the reload");
+        // Pool connections name their backend by pool and address, before and after.
+        let page = cli_json(&t, &["conns", "--vip", "203.0.113.10", "--port", "8080"]);
+        let conns = page["conns"].as_array().unwrap();
+        assert!(!conns.is_empty(), "{page}");
+        for c in conns {
+            let b = c["backend"].as_str().unwrap_or_default();
+            assert!(b == format!("a/{}", c["inside"].as_str().unwrap()), "{c}");
+        }
 
         // A broken file changes nothing and says why.
         std::fs::write(&path, after.replace("weight = 3", "weight = -3")).unwrap();
