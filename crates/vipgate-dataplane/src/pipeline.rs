@@ -503,11 +503,16 @@ impl<'d> Pipeline<'d> {
         if dst_mac != ifc.mac && dst_mac != BROADCAST {
             // Multicast to a group the control thread subscribed (VRRP adverts) goes up.
             let multicast = dst_mac.first().is_some_and(|b| b & 1 != 0);
+            // The group is read in place rather than by a second full parse (which would
+            // cost every frame: the parser stops being inlined); the control thread checks
+            // what it receives.
             if multicast && dp.host.any_group() {
-                if let Ok(Parsed::Ipv4(l)) = vipgate_wire::parse(frame) {
-                    if l.vlan.is_none() && dp.host.wants_group(l.dst) {
-                        return self.up(iface, frame);
-                    }
+                let group = match (frame.get(12..14), frame.get(30..34)) {
+                    (Some([0x08, 0x00]), Some(&[a, b, c, d])) => Some(Ipv4Addr::new(a, b, c, d)),
+                    _ => None,
+                };
+                if group.is_some_and(|g| dp.host.wants_group(g)) {
+                    return self.up(iface, frame);
                 }
             }
             self.counters.drop_other_mac += 1;
