@@ -53,7 +53,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -95,6 +95,9 @@ pub struct Config {
     pub metrics: Metrics,
     /// The NAT event log (RFC 6888 REQ-12).
     pub events: Events,
+    /// High availability: the election and state sync with a peer box; `None` runs alone,
+    /// always active.
+    pub ha: Option<Ha>,
     /// [`Config::nat`]'s policy, compiled once by the validation that checked it, for the
     /// engine to run as it is.
     pub policy: CompiledPolicy,
@@ -128,6 +131,9 @@ pub struct Interface {
     pub gateway: Option<Ipv4Addr>,
     /// Static routes through this interface.
     pub routes: Vec<Route>,
+    /// Addresses on this segment that move with the active role (the internal hosts'
+    /// default gateway, typically): answered and announced only while active.
+    pub virtual_addrs: Vec<Ipv4Addr>,
 }
 
 /// A static route.
@@ -359,4 +365,83 @@ fn process_env() -> Result<HashMap<String, String>, ConfigError> {
         }
     }
     Ok(env)
+}
+
+/// High availability (`[ha]`): a VRRPv3 election with a peer box on one data interface,
+/// and connection-state sync over a dedicated link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ha {
+    /// Virtual router id, 1-255, the same on both boxes (and on keepalived, if a peer).
+    pub vrid: u8,
+    /// This box's priority, 1-255; 255 claims ownership of the addresses.
+    pub priority: u8,
+    /// Index in [`Config::interfaces`] of the interface the election runs on.
+    pub interface: usize,
+    /// Advert interval in milliseconds, a multiple of 10 from 10 to 40950.
+    pub advert_interval_ms: u32,
+    /// Whether this box takes over from a live master of lower priority.
+    pub preempt: bool,
+    /// How long it waits before it does, in milliseconds.
+    pub preempt_delay_ms: u32,
+    /// Unicast peers on the election's segment; empty uses the multicast group 224.0.0.18
+    /// and accepts any sender.
+    pub peers: Vec<Ipv4Addr>,
+    /// Whether the active box answers ARP with the VRRP virtual MAC 00:00:5e:00:01:VRID.
+    pub virtual_mac: bool,
+    /// Gratuitous ARPs per address when this box becomes active.
+    pub garp_count: u32,
+    /// Milliseconds between them.
+    pub garp_interval_ms: u32,
+    /// Seconds between repeated announcements while active; 0 announces only on takeover.
+    pub garp_refresh_secs: u32,
+    /// Priority lost while any data interface's link is down; 0 tracks nothing.
+    pub track_link_penalty: u8,
+    /// Connection-state sync with the peer; `None` elects without syncing (failover then
+    /// loses every connection).
+    pub sync: Option<Sync>,
+}
+
+impl Ha {
+    /// Default advert interval: one second, as keepalived's.
+    pub const DEFAULT_ADVERT_INTERVAL_MS: u32 = 1000;
+    /// Default sync port.
+    pub const DEFAULT_SYNC_PORT: u16 = 7789;
+}
+
+/// Connection-state sync (`[ha.sync]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sync {
+    /// The kernel interface of the sync link; never a data interface.
+    pub interface: String,
+    /// The address and UDP port this box listens on.
+    pub local: SocketAddrV4,
+    /// The peer's address and port.
+    pub peer: SocketAddrV4,
+    /// The shared HMAC-SHA-256 key, at least 16 bytes.
+    pub key: Vec<u8>,
+    /// Milliseconds between heartbeats.
+    pub heartbeat_ms: u32,
+    /// Milliseconds without a valid message after which the peer is gone.
+    pub dead_ms: u32,
+    /// Milliseconds before an unacknowledged message is sent again.
+    pub retransmit_ms: u32,
+    /// Seconds over which the active box sends every connection again, so the standby's
+    /// expiry clock follows traffic it did not see; 0 never does.
+    pub refresh_secs: u32,
+}
+
+impl std::fmt::Debug for Sync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key, not even in a debug dump.
+        f.debug_struct("Sync")
+            .field("interface", &self.interface)
+            .field("local", &self.local)
+            .field("peer", &self.peer)
+            .field("key", &format_args!("<{} bytes>", self.key.len()))
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("dead_ms", &self.dead_ms)
+            .field("retransmit_ms", &self.retransmit_ms)
+            .field("refresh_secs", &self.refresh_secs)
+            .finish()
+    }
 }

@@ -23,6 +23,7 @@ pub(crate) struct RawFile {
     pub(crate) control: Option<RawControl>,
     pub(crate) metrics: Option<RawMetrics>,
     pub(crate) events: Option<RawEvents>,
+    pub(crate) ha: Option<RawHa>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,6 +50,7 @@ pub(crate) struct RawInterface {
     pub(crate) address: Option<String>,
     pub(crate) gateway: Option<String>,
     pub(crate) routes: Option<Vec<RawRoute>>,
+    pub(crate) virtual_addresses: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,6 +169,38 @@ pub(crate) struct RawEvents {
     pub(crate) file: Option<String>,
     pub(crate) rate: Option<Int>,
     pub(crate) queue: Option<Int>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHa {
+    pub(crate) vrid: Option<Int>,
+    pub(crate) priority: Option<Int>,
+    pub(crate) interface: Option<String>,
+    pub(crate) advert_interval_ms: Option<Int>,
+    pub(crate) preempt: Option<bool>,
+    pub(crate) preempt_delay_ms: Option<Int>,
+    pub(crate) peers: Option<Vec<String>>,
+    pub(crate) virtual_mac: Option<bool>,
+    pub(crate) garp_count: Option<Int>,
+    pub(crate) garp_interval_ms: Option<Int>,
+    pub(crate) garp_refresh_secs: Option<Int>,
+    pub(crate) track_link_penalty: Option<Int>,
+    pub(crate) sync: Option<RawSync>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSync {
+    pub(crate) interface: Option<String>,
+    pub(crate) local: Option<String>,
+    pub(crate) peer: Option<String>,
+    pub(crate) key: Option<String>,
+    pub(crate) key_file: Option<String>,
+    pub(crate) heartbeat_ms: Option<Int>,
+    pub(crate) dead_ms: Option<Int>,
+    pub(crate) retransmit_ms: Option<Int>,
+    pub(crate) refresh_secs: Option<Int>,
 }
 
 /// A DNAT port as written: a number (`80`) or a string holding a number or a range

@@ -16,7 +16,8 @@ impl Config {
     /// else as the first differing field, `interfaces[i].name`, `.side`, `.address`,
     /// `.gateway` or `.routes`); `nat.capacity`, `nat.pat_ports`, `nat.frag_entries`,
     /// `nat.frag_timeout`, `nat.frag_hold`; every `neighbors.*` key; `control.socket`;
-    /// `metrics.listen`; every `events.*` key; every `log.*` key.
+    /// `metrics.listen`; every `events.*` key; every `log.*` key; `ha` (reported as
+    /// `ha.sync` when the sync section differs, else as `ha`).
     ///
     /// **Policy** (free to change by reload): `nat.vips`, `nat.dnat`, `nat.pools`, `nat.pat`,
     /// every `nat.timeouts.*` key, `nat.filtering`, `icmp.rate`.
@@ -37,6 +38,7 @@ impl Config {
             control,
             metrics,
             events,
+            ha,
             // Compiled from nat.
             policy: _,
         } = self;
@@ -119,9 +121,19 @@ impl Config {
                 .find(|(_, differs)| *differs)
                 .map(|(key, _)| (*key).to_string())
         };
+        let ha_change = || {
+            if *ha == n.ha {
+                None
+            } else if ha.as_ref().map(|h| &h.sync) != n.ha.as_ref().map(|h| &h.sync) {
+                Some("ha.sync".to_string())
+            } else {
+                Some("ha".to_string())
+            }
+        };
         first(before)
             .or_else(|| interfaces_change(interfaces, &n.interfaces))
             .or_else(|| first(after))
+            .or_else(ha_change)
     }
 }
 
@@ -138,6 +150,7 @@ fn interfaces_change(a: &[Interface], b: &[Interface]) -> Option<String> {
             net,
             gateway,
             routes,
+            virtual_addrs,
         } = x;
         let field = if *name != y.name {
             "name"
@@ -149,6 +162,8 @@ fn interfaces_change(a: &[Interface], b: &[Interface]) -> Option<String> {
             "gateway"
         } else if *routes != y.routes {
             "routes"
+        } else if *virtual_addrs != y.virtual_addrs {
+            "virtual_addresses"
         } else {
             return None;
         };

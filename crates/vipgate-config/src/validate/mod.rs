@@ -1,6 +1,8 @@
 //! From the file form ([`crate::raw`]) to [`Config`]: ranges, defaults and the
 //! cross-references between sections.
 
+mod ha;
+
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -101,7 +103,7 @@ pub(crate) fn load(text: &str, env: HashMap<String, String>) -> Result<Config> {
 
 /// Keys holding a list of single values, which a variable sets as comma-separated items:
 /// `VIPGATE_WORKERS__CORES=0,1`, `VIPGATE_NAT__VIPS=203.0.113.10,203.0.113.11`.
-const LIST_KEYS: [&str; 2] = ["workers.cores", "nat.vips"];
+const LIST_KEYS: [&str; 3] = ["workers.cores", "nat.vips", "ha.peers"];
 
 /// Keys holding a list of tables (`[[interfaces]]`), which only the file can set: a variable
 /// has no way to say which entry and field it means.
@@ -188,6 +190,8 @@ fn check_tables(merged: &config::Config) -> Result<()> {
         "control",
         "metrics",
         "events",
+        "ha",
+        "ha.sync",
     ] {
         if let Ok(v) = merged.get::<config::Value>(key) {
             if matches!(v.kind, ValueKind::Array(_)) {
@@ -416,6 +420,9 @@ fn validate(raw: RawFile) -> Result<Config> {
     let control = p.or(control(raw.control.unwrap_or_default()), Control::default());
     let metrics = p.or(metrics(raw.metrics.unwrap_or_default()), Metrics::default());
     let events = events(raw.events.unwrap_or_default(), &mut p);
+    let ha = raw
+        .ha
+        .and_then(|h| ha::ha(h, interfaces.as_deref(), &mut p));
     // Without a policy some problem was found; `finish` returns it.
     let Some(policy) = policy else {
         return Err(p
@@ -434,6 +441,7 @@ fn validate(raw: RawFile) -> Result<Config> {
         control,
         metrics,
         events,
+        ha,
         policy: CompiledPolicy(Arc::new(policy)),
     })
 }
@@ -869,6 +877,7 @@ fn interface(
         net,
         gateway: None,
         routes: Vec::new(),
+        virtual_addrs: Vec::new(),
     };
     dests.push((net, key));
     if let Some(g) = r.gateway {
@@ -895,6 +904,33 @@ fn interface(
         check_repeat(&dests, p, &pk)?;
         dests.push((p, pk));
         iface.routes.push(Route { net: p, via });
+    }
+    for (k, v) in r.virtual_addresses.unwrap_or_default().iter().enumerate() {
+        let vk = format!("{at}.virtual_addresses[{k}]");
+        let a = parse_addr(v, &vk)?;
+        if !unicast(a) {
+            return Err(err(
+                &vk,
+                format!("{v:?} is not a unicast address; expected a host address"),
+            ));
+        }
+        if !iface.net.contains(a) {
+            return Err(err(
+                &vk,
+                format!(
+                    "{v:?} is outside this interface's subnet {}/{}; expected an address in it",
+                    iface.net.addr, iface.net.len
+                ),
+            ));
+        }
+        host_in_subnet(iface.net, a, &vk)?;
+        if a == iface.addr || iface.virtual_addrs.contains(&a) {
+            return Err(err(
+                &vk,
+                format!("{v:?} repeats an address of this interface; expected another address of its subnet"),
+            ));
+        }
+        iface.virtual_addrs.push(a);
     }
     Ok((iface, dests.split_off(first_own)))
 }
