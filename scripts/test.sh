@@ -42,8 +42,8 @@ cd "$repo_root"
 # over TLS), iproute2 (`ip netns` for the system tests), nftables (the kernel gateway the
 # system-test harness checks itself against), prometheus (the system tests scrape vipgate's
 # metrics with the real Prometheus server, so the format is checked by its consumer, not by
-# our own parser).
-readonly DEBIAN_PACKAGES=(ca-certificates gcc g++ libc6-dev iproute2 nftables prometheus)
+# our own parser), keepalived (a VRRP peer: vipgate must elect with it, both ways round).
+readonly DEBIAN_PACKAGES=(ca-certificates gcc g++ libc6-dev iproute2 nftables prometheus keepalived)
 
 banner() {
     printf '\n==== %s ====\n' "$*"

@@ -49,6 +49,7 @@ fn dataplane() -> Dataplane {
         mac: MAC_GATEWAY,
         addr,
         net: net(addr, 24),
+        virtual_addrs: Vec::new(),
     };
     Dataplane::new(
         DataplaneConfig {

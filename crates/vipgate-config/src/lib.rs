@@ -386,8 +386,6 @@ pub struct Ha {
     /// Unicast peers on the election's segment; empty uses the multicast group 224.0.0.18
     /// and accepts any sender.
     pub peers: Vec<Ipv4Addr>,
-    /// Whether the active box answers ARP with the VRRP virtual MAC 00:00:5e:00:01:VRID.
-    pub virtual_mac: bool,
     /// Gratuitous ARPs per address when this box becomes active.
     pub garp_count: u32,
     /// Milliseconds between them.

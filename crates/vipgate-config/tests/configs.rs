@@ -181,6 +181,11 @@ fn example_is_what_its_comments_say() {
     let (i, iface) = c.interface_for(Ipv4Addr::new(10, 20, 0, 10)).unwrap();
     assert_eq!((i, iface.name.as_str()), (1, "ens1f1"));
     assert!(c.interface_for(Ipv4Addr::new(10, 30, 2, 10)).is_none());
+    assert_eq!(c.interfaces[1].virtual_addrs, [Ipv4Addr::new(10, 20, 0, 1)]);
+    let ha = c.ha.unwrap();
+    assert_eq!((ha.vrid, ha.priority, ha.interface), (51, 150, 0));
+    assert_eq!((ha.advert_interval_ms, ha.garp_count), (100, 5));
+    assert!(ha.preempt && ha.peers.is_empty() && ha.sync.is_none());
 }
 
 #[test]

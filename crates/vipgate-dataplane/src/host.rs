@@ -181,6 +181,11 @@ impl HostPath {
         self.send_failed.load(Ordering::Relaxed)
     }
 
+    /// Whether every frame the control thread sent has been taken by a worker.
+    pub fn down_is_empty(&self) -> bool {
+        self.down.is_empty()
+    }
+
     /// A worker takes the next frame to send.
     pub(crate) fn next_down(&self) -> Option<HostFrame> {
         self.down.pop()

@@ -37,6 +37,9 @@ pub struct Interface {
     pub addr: Ipv4Addr,
     /// The segment's subnet.
     pub net: Ipv4Net,
+    /// Addresses that move with the active role (a pair's shared default gateway):
+    /// answered, announced and pinged only while the gate is open.
+    pub virtual_addrs: Vec<Ipv4Addr>,
 }
 
 /// Everything the data plane needs besides the NAT policy.
@@ -229,13 +232,17 @@ impl Dataplane {
         &self.interfaces
     }
 
-    /// The addresses interface `iface` answers ARP for under `policy`: its own, and on the
-    /// public side while the gate is open, the VIPs and PAT addresses in its subnet.
+    /// The addresses interface `iface` answers ARP for under `policy`: its own, and while
+    /// the gate is open its virtual addresses and, on the public side, the VIPs and PAT
+    /// addresses in its subnet.
     pub fn arp_addrs(&self, iface: usize, policy: &Policy) -> Vec<Ipv4Addr> {
         let Some(ifc) = self.interfaces.get(iface) else {
             return Vec::new();
         };
         let mut addrs = vec![ifc.addr];
+        if self.is_active() {
+            addrs.extend(&ifc.virtual_addrs);
+        }
         if ifc.side == Side::Public && self.is_active() {
             addrs.extend(
                 policy
@@ -252,6 +259,7 @@ impl Dataplane {
     #[inline]
     fn answers_arp(&self, ifc: &Interface, addr: Ipv4Addr, policy: Option<&Policy>) -> bool {
         addr == ifc.addr
+            || (self.is_active() && ifc.virtual_addrs.contains(&addr))
             || (ifc.side == Side::Public
                 && ifc.net.contains(addr)
                 && self.is_active()
@@ -259,7 +267,9 @@ impl Dataplane {
     }
 
     fn is_interface_addr(&self, a: Ipv4Addr) -> bool {
-        self.interfaces.iter().any(|i| i.addr == a)
+        self.interfaces
+            .iter()
+            .any(|i| i.addr == a || i.virtual_addrs.contains(&a))
     }
 
     /// A worker's pipeline.

@@ -41,6 +41,7 @@ fn dataplane(icmp_rate: u32) -> Dataplane {
                 mac: PUB_MAC,
                 addr: PUB_IP,
                 net: net(PUB_IP, 24),
+                virtual_addrs: Vec::new(),
             },
             Interface {
                 name: "priv".into(),
@@ -48,6 +49,7 @@ fn dataplane(icmp_rate: u32) -> Dataplane {
                 mac: PRIV_MAC,
                 addr: PRIV_IP,
                 net: net(PRIV_IP, 24),
+                virtual_addrs: Vec::new(),
             },
         ],
         routes: vec![Route {

@@ -10,6 +10,7 @@
 //! processes can run in parallel.
 
 pub mod netns;
+pub mod pair;
 pub mod poll;
 pub mod probe;
 pub mod topology;

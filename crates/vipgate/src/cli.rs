@@ -110,6 +110,8 @@ pub(crate) enum Command {
     Standby(Common),
     /// Answer for the VIPs again, announce them with gratuitous ARP and translate
     Active(Common),
+    /// High availability: role, peer, priority, advert timing, counters
+    Ha(Common),
 }
 
 /// Options of every subcommand that talks to the daemon.
@@ -396,6 +398,7 @@ fn human(req: &Request, d: &Value) -> String {
             s(&d["generation"]),
             s(&d["flushed"])
         ),
+        Request::Ha => ha_text(d),
         Request::Standby | Request::Active => format!(
             "role {}{}\n",
             s(&d["role"]),
@@ -406,6 +409,62 @@ fn human(req: &Request, d: &Value) -> String {
             }
         ),
     }
+}
+
+/// `vipgate ha` for people: one line per fact, the counters that are not zero.
+fn ha_text(d: &Value) -> String {
+    if d["enabled"].as_bool() == Some(false) {
+        return "high availability is off (no [ha] section): this box is always active\n".into();
+    }
+    let mut out = format!(
+        "role {}  ({})\nvrid {} on {} from {}  priority {} (configured {})  adverts every {} ms  preempt {}\n",
+        s(&d["role"]),
+        if d["active"].as_bool() == Some(true) { "active" } else { "standby" },
+        s(&d["vrid"]),
+        s(&d["interface"]),
+        s(&d["address"]),
+        s(&d["priority"]),
+        s(&d["configured_priority"]),
+        s(&d["advert_interval_ms"]),
+        s(&d["preempt"]),
+    );
+    match d["peer"].as_object() {
+        Some(p) => out.push_str(&format!(
+            "peer {} priority {} adverts every {} ms\n",
+            s(&p["address"]),
+            s(&p["priority"]),
+            s(&p["advert_interval_ms"])
+        )),
+        None => out.push_str("peer none heard\n"),
+    }
+    if let Some(t) = d["last_transition"].as_object() {
+        out.push_str(&format!(
+            "last change {} -> {}: {}\n",
+            s(&t["from"]),
+            s(&t["to"]),
+            s(&t["reason"])
+        ));
+    }
+    if let Some(l) = d["links_down"].as_array().filter(|l| !l.is_empty()) {
+        let names: Vec<String> = l.iter().map(s).collect();
+        out.push_str(&format!("links down: {}\n", names.join(", ")));
+    }
+    let sp = &d["advert_spacing_ms"];
+    if sp["samples"].as_u64().unwrap_or(0) > 0 {
+        out.push_str(&format!(
+            "advert spacing ms: p50 {} p99 {} max {} ({} samples)\n",
+            s(&sp["p50"]),
+            s(&sp["p99"]),
+            s(&sp["max"]),
+            s(&sp["samples"])
+        ));
+    }
+    if let Some(c) = d["counters"].as_object() {
+        for (k, v) in c.iter().filter(|(_, v)| v.as_u64() != Some(0)) {
+            out.push_str(&format!("  {k} {v}\n"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -421,7 +480,7 @@ mod tests {
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
         for sub in [
             "run", "check", "status", "stats", "conns", "vips", "flush", "reload", "standby",
-            "active",
+            "active", "ha",
         ] {
             let e = Cli::try_parse_from(["vipgate", sub, "--help"]).unwrap_err();
             assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{sub}");

@@ -17,6 +17,7 @@ use vipgate_nat::Engine;
 use crate::control;
 use crate::events;
 use crate::gateway::{Gateway, PortInfo};
+use crate::ha::{self, HaShared};
 use crate::live::{Block, Live, PUBLISH_EVERY_MS};
 use crate::metrics;
 use crate::signal;
@@ -45,6 +46,7 @@ fn dataplane_config(cfg: &Config) -> Result<DataplaneConfig, String> {
             mac,
             addr: ifc.addr,
             net: ifc.net,
+            virtual_addrs: ifc.virtual_addrs.clone(),
         });
         if let Some(gw) = ifc.gateway {
             let any = Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0)
@@ -172,6 +174,12 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
     }
     let engine = Engine::with_policy(nat, cfg.policy.0.clone()).map_err(|e| format!("nat: {e}"))?;
     let dp = Dataplane::with_engine(dp_config, engine).map_err(|e| format!("nat: {e}"))?;
+    // With an election the box starts standby: it answers for the VIPs only once elected.
+    let ha_config = cfg.ha.is_some().then(|| cfg.clone());
+    if ha_config.is_some() {
+        dp.set_active(false);
+    }
+    let ha_shared = HaShared::new();
     let (listener, socket) = control::bind(&cfg.control.socket)?;
     let metrics_server = cfg.metrics.listen.map(metrics::bind).transpose()?;
     let mode = match cfg.xdp.mode {
@@ -200,7 +208,14 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
     let cores = cfg.workers.clone();
     let batch = cfg.xdp.batch;
     let event_rate = cfg.events.rate;
-    let gw = Gateway::new(&dp, &live, &clock, path.to_path_buf(), cfg);
+    let gw = Gateway::new(
+        &dp,
+        &live,
+        &clock,
+        path.to_path_buf(),
+        cfg,
+        ha_config.as_ref().map(|_| &ha_shared),
+    );
     let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
     std::thread::scope(|s| -> Result<(), String> {
         let mut handles = Vec::new();
@@ -307,6 +322,16 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
                     })
                     .map_err(|e| format!("events: cannot start a thread: {e}"))?;
             }
+            let mut election = None;
+            if let Some(ha_cfg) = &ha_config {
+                let (dp, shared, clock, unclaimed) = (&dp, &ha_shared, &clock, &gw.host_unclaimed);
+                election = Some(
+                    std::thread::Builder::new()
+                        .name("vipgate-ha".into())
+                        .spawn_scoped(s, move || ha::run(dp, ha_cfg, shared, clock, unclaimed))
+                        .map_err(|e| format!("ha: cannot start a thread: {e}"))?,
+                );
+            }
             if let Some(server) = &metrics_server {
                 let (gw, stop) = (&gw, &stop);
                 std::thread::Builder::new()
@@ -331,6 +356,11 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
             );
             control_loop(&listener, &gw);
             tracing::info!("stopping");
+            // A master leaves the election (priority 0) while the workers still send.
+            ha_shared.stop();
+            if let Some(h) = election {
+                let _ = h.join();
+            }
         }
         stop.store(true, Ordering::Relaxed);
         for h in handles {
@@ -361,9 +391,9 @@ fn control_loop(listener: &UnixListener, gw: &Gateway<'_>) {
         if control::wait_readable(listener, CONTROL_TICK) {
             control::serve_pending(listener, gw);
         }
-        // Nothing on the control thread subscribes yet (VRRP and health checks will): a
-        // frame that came up anyway goes back to the pool, counted.
-        while let Some(f) = gw.dp.host().receive() {
+        // The election thread takes the host path when it runs; otherwise nothing
+        // subscribed, and a frame that came up anyway goes back to the pool, counted.
+        while let Some(f) = gw.ha.is_none().then(|| gw.dp.host().receive()).flatten() {
             gw.host_unclaimed.fetch_add(1, Ordering::Relaxed);
             gw.dp.host().recycle(f);
         }

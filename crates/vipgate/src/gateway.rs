@@ -18,6 +18,7 @@ use vipgate_nat::policy::backend_id;
 use vipgate_nat::{ConnId, ConnRecord, ConnState, Proto};
 
 use crate::events::EventLogCounters;
+use crate::ha::{Command, HaShared};
 use crate::live::Live;
 use vipgate::protocol::{error, ok, Filter, Request, PAGE_MAX};
 
@@ -46,6 +47,8 @@ pub(crate) struct Gateway<'a> {
     pub(crate) event_log: EventLogCounters,
     /// Frames that came up the host path with nobody on the control thread to take them.
     pub(crate) host_unclaimed: AtomicU64,
+    /// The election, when `[ha]` is configured.
+    pub(crate) ha: Option<&'a HaShared>,
     /// (milliseconds, rx frames, tx frames) at the last two rate samples.
     rate: Mutex<(RateSample, RateSample)>,
 }
@@ -135,6 +138,7 @@ impl<'a> Gateway<'a> {
         clock: &'a (dyn Fn() -> u64 + Sync),
         config_path: PathBuf,
         config: Config,
+        ha: Option<&'a HaShared>,
     ) -> Gateway<'a> {
         Gateway {
             dp,
@@ -148,6 +152,7 @@ impl<'a> Gateway<'a> {
             reloads_failed: AtomicU64::new(0),
             event_log: EventLogCounters::default(),
             host_unclaimed: AtomicU64::new(0),
+            ha,
             rate: Mutex::new(((0, 0, 0), (0, 0, 0))),
         }
     }
@@ -270,8 +275,12 @@ impl<'a> Gateway<'a> {
                 Ok(v) => ok(v),
                 Err(e) => error(e),
             },
-            Request::Standby => ok(self.set_active(false)),
-            Request::Active => ok(self.set_active(true)),
+            Request::Standby => self.set_active(false),
+            Request::Active => self.set_active(true),
+            Request::Ha => ok(match self.ha {
+                Some(h) => h.view(),
+                None => json!({ "enabled": false, "role": self.role() }),
+            }),
         }
     }
 
@@ -313,7 +322,7 @@ impl<'a> Gateway<'a> {
     /// Counters of the control side (reloads, event log, flushes), by name.
     pub(crate) fn control_counters(&self) -> Vec<(&'static str, u64)> {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        vec![
+        let mut v = vec![
             ("reloads_ok", l(&self.reloads_ok)),
             ("reloads_failed", l(&self.reloads_failed)),
             ("event_log_written", l(&self.event_log.written)),
@@ -322,7 +331,11 @@ impl<'a> Gateway<'a> {
             ("flush_events_lost", self.dp.engine().flush_events_lost()),
             ("host_unclaimed", l(&self.host_unclaimed)),
             ("host_send_failed", self.dp.host().send_failed()),
-        ]
+        ];
+        if let Some(h) = self.ha {
+            v.extend(h.counters());
+        }
+        v
     }
 
     fn stats(&self, per_worker: bool) -> Value {
@@ -504,6 +517,24 @@ impl<'a> Gateway<'a> {
     }
 
     fn set_active(&self, active: bool) -> Value {
+        if let Some(h) = self.ha {
+            // The election owns the gate: the operator takes the box out of it (a master
+            // hands over at once with priority 0) or puts it back.
+            let was = self.dp.is_active();
+            let c = if active {
+                Command::Join
+            } else {
+                Command::Leave
+            };
+            if !h.command(c) {
+                return error("the election thread did not take the request within 2 s");
+            }
+            return ok(json!({
+                "role": self.role(),
+                "changed": was != self.dp.is_active(),
+                "ha": h.view().get("role").cloned(),
+            }));
+        }
         let was = self.dp.is_active();
         self.dp.set_active(active);
         if was != active {
@@ -513,6 +544,6 @@ impl<'a> Gateway<'a> {
                 "role changed"
             );
         }
-        json!({ "role": self.role(), "changed": was != active })
+        ok(json!({ "role": self.role(), "changed": was != active }))
     }
 }

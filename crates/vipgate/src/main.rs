@@ -15,6 +15,7 @@ mod control;
 mod daemon;
 mod events;
 mod gateway;
+mod ha;
 mod live;
 mod metrics;
 mod signal;
@@ -143,5 +144,6 @@ fn main() -> ExitCode {
         } => cli::client(&common, Request::Reload { flush_removed }),
         Command::Standby(c) => cli::client(&c, Request::Standby),
         Command::Active(c) => cli::client(&c, Request::Active),
+        Command::Ha(c) => cli::client(&c, Request::Ha),
     }
 }

@@ -154,6 +154,18 @@ pub(crate) fn render(gw: &Gateway<'_>) -> String {
         "1 while this box is active, 0 while standby",
         gauge(u64::from(gw.dp.is_active())),
     );
+    if let Some(h) = gw.ha {
+        reg.register(
+            "ha_role",
+            "the election's role: 0 init (or left), 1 backup, 2 master",
+            gauge(h.role_number()),
+        );
+        reg.register(
+            "ha_priority",
+            "the priority this box advertises now (configured less tracking)",
+            gauge(h.priority()),
+        );
+    }
     reg.register(
         "policy_generation",
         "generation of the policy in force (1 at start, +1 per reload)",

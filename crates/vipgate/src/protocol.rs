@@ -79,10 +79,12 @@ pub enum Request {
         #[serde(default)]
         flush_removed: bool,
     },
-    /// Closes the gate.
+    /// Closes the gate (with HA: leaves the election, priority 0 if master).
     Standby,
-    /// Opens the gate.
+    /// Opens the gate (with HA: joins the election again).
     Active,
+    /// The election and state sync: role, peer, priority, counters.
+    Ha,
 }
 
 /// A success answer.

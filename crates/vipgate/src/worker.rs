@@ -196,6 +196,7 @@ mod tests {
             mac,
             addr: Ipv4Addr::from(addr),
             net: net(addr),
+            virtual_addrs: Vec::new(),
         };
         Dataplane::new(
             DataplaneConfig {
