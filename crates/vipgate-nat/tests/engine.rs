@@ -1333,3 +1333,55 @@ proptest! {
         let _ = lab.send(&mut f, Side::Private, 1);
     }
 }
+
+#[test]
+fn upsert_installs_then_updates_and_deletions_remove() {
+    let mut lab = Lab::new(config());
+    lab.pass(
+        testing::tcp(H1, CLIENT, 3000, 443, SYN, b""),
+        Side::Private,
+        Side::Public,
+        5,
+    );
+    let mut ids = Vec::new();
+    lab.engine.drain_events(0, |e| {
+        if let ConnEvent::Created(id) = e {
+            ids.push(id);
+        }
+    });
+    let standby = Engine::new(config()).unwrap();
+    // Twice (a bulk copy after the live stream): the second is an update, not an error.
+    for _ in 0..2 {
+        for id in &ids {
+            standby
+                .upsert(&lab.engine.export(*id, 5).unwrap(), 10)
+                .unwrap();
+        }
+    }
+    assert_eq!(standby.table().len(), 2);
+    // The connection moves on at the active box; the standby follows.
+    lab.pass(
+        testing::tcp(CLIENT, PAT_IP, 443, 3000, SYN_ACK, b""),
+        Side::Public,
+        Side::Private,
+        8,
+    );
+    let conn = ids[1];
+    let ex = lab.engine.export(conn, 9).unwrap();
+    assert_ne!(ex.record.state, vipgate_nat::ConnState::TcpSynSent);
+    standby.upsert(&ex, 20).unwrap();
+    let key = ex.record.orig;
+    let hit = standby.table().lookup(&key).unwrap();
+    assert_eq!(hit.state, ex.record.state);
+    let rec = standby.table().export(hit.id, 20).unwrap();
+    assert_eq!(rec.idle_secs, ex.record.idle_secs);
+    // Deletion on the standby, as the active box sends it.
+    assert!(standby.remove_synced(&key, 30));
+    assert!(standby.table().lookup(&key).is_none());
+    assert!(!standby.remove_synced(&key, 30), "already gone");
+    assert_eq!(
+        standby.table().len(),
+        1,
+        "the mapping stays until it is deleted too"
+    );
+}

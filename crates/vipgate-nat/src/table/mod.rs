@@ -775,6 +775,34 @@ impl ConnTable {
         }
     }
 
+    /// Standby side of state sync: sets connection `id`'s state, FIN bits and last-seen time
+    /// to what the active box has. False if the connection is gone.
+    pub fn sync_update(&self, id: ConnId, state: ConnState, fin_seen: u8, last_seen: u32) -> bool {
+        let Some(e) = self.entries.get(id.index as usize) else {
+            return false;
+        };
+        let fin_seen = fin_seen & (Dir::Orig.bit() | Dir::Reply.bit());
+        let mut cur = Life(e.life.load(Ordering::Acquire));
+        loop {
+            if cur.generation() != id.generation || !cur.is_live() {
+                return false;
+            }
+            let new = cur.with_state(state, fin_seen);
+            if new.0 == cur.0 {
+                break;
+            }
+            match e
+                .life
+                .compare_exchange_weak(cur.0, new.0, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(v) => cur = Life(v),
+            }
+        }
+        e.last_seen.store(last_seen, Ordering::Relaxed);
+        true
+    }
+
     /// The id of the connection live at entry `index`, if any. For a holder of a reference on
     /// that connection (which keeps it from going) this is the id it referenced.
     pub fn live_id(&self, index: u32) -> Option<ConnId> {

@@ -6,6 +6,8 @@
 //! the connection. ICMP errors are translated through the flow they quote; later fragments
 //! follow their first fragment through the worker's [`FragCache`].
 
+mod sync;
+
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1202,70 +1204,6 @@ impl Engine {
                 f(e);
             }
         }
-    }
-
-    /// A connection or mapping as state sync sends it: its record, and for a connection
-    /// that holds PAT mappings, their internal keys so the standby can resolve them.
-    pub fn export(&self, id: ConnId, now: u32) -> Option<Exported> {
-        let record = self.table.export(id, now)?;
-        let key_of = |id: ConnId| self.table.export(id, now).map(|m| m.orig);
-        let mapping = match record.mapping {
-            Some(m) => Some(key_of(m)?),
-            None => None,
-        };
-        let peer_mapping = if record.flags & conn_flags::PEER_MAPPING != 0 {
-            Some(key_of(self.table.live_id(record.backend)?)?)
-        } else {
-            None
-        };
-        Some(Exported {
-            record,
-            mapping,
-            peer_mapping,
-        })
-    }
-
-    /// Installs a connection or mapping exactly as the active box has it (the standby side
-    /// of state sync): a mapping claims its public port; a connection takes references on
-    /// its mappings, found by their keys (install mappings first).
-    ///
-    /// # Errors
-    /// [`InsertError`] from the table; `Clash` also when the port or a mapping is missing.
-    pub fn install(&self, e: &Exported, now: u32) -> Result<ConnId, InsertError> {
-        let mut rec = e.record;
-        if rec.state == ConnState::Mapping {
-            let ai = self
-                .ports
-                .addr_index(rec.reply.dst)
-                .ok_or(InsertError::Clash)?;
-            if !self.ports.claim(ai, rec.reply.proto, rec.reply.dport) {
-                return Err(InsertError::Clash);
-            }
-            return self.table.install(&rec, now).inspect_err(|_| {
-                self.ports.release(ai, rec.reply.proto, rec.reply.dport);
-            });
-        }
-        let acquire = |k: &FlowKey| match self.table.lookup(k) {
-            Some(m) if m.state == ConnState::Mapping && self.table.acquire_ref(m.id) => Some(m.id),
-            _ => None,
-        };
-        rec.mapping = match &e.mapping {
-            Some(k) => Some(acquire(k).ok_or(InsertError::Clash)?),
-            None => None,
-        };
-        if rec.flags & conn_flags::PEER_MAPPING != 0 {
-            let peer = e.peer_mapping.as_ref().and_then(acquire);
-            match peer {
-                Some(p) => rec.backend = p.index,
-                None => {
-                    self.release_refs(rec.mapping, 0, 0);
-                    return Err(InsertError::Clash);
-                }
-            }
-        }
-        self.table.install(&rec, now).inspect_err(|_| {
-            self.release_refs(rec.mapping, rec.flags, rec.backend);
-        })
     }
 }
 
