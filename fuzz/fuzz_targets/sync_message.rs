@@ -10,8 +10,8 @@
 use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
-use vipgate_ha::sync::wire::{seal, Header, Kind, Message, SyncKey, MAX_DATAGRAM};
-use vipgate_ha::sync::{Channel, ChannelConfig, RejectReason};
+use vipgate_ha::sync::wire::{seal, Header, Kind, SyncMessage, SyncKey, MAX_DATAGRAM};
+use vipgate_ha::sync::{SyncChannel, SyncConfig, RejectReason};
 use vipgate_nat::{FlowKey, Proto};
 
 /// Our epoch; the peer's epochs in the input are small numbers around it.
@@ -21,11 +21,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(key) = SyncKey::new(b"vipgate-fuzz-sync-key-0123456789") else {
         return;
     };
-    let config = ChannelConfig {
+    let config = SyncConfig {
         window: 4,
-        ..ChannelConfig::default()
+        ..SyncConfig::default()
     };
-    let mut ch = Channel::new(EPOCH, key.clone(), config);
+    let mut ch = SyncChannel::new(EPOCH, key.clone(), config);
     // Something in flight, so acknowledgements have something to free.
     for n in 0..200u16 {
         let _ = ch.delete(FlowKey {
@@ -72,8 +72,8 @@ fuzz_target!(|data: &[u8]| {
 });
 
 /// Decodes `bytes` and hands them to the channel, checking what comes back.
-fn take(ch: &mut Channel, key: &SyncKey, bytes: &[u8], now: u64) {
-    let decoded = Message::decode(bytes, key);
+fn take(ch: &mut SyncChannel, key: &SyncKey, bytes: &[u8], now: u64) {
+    let decoded = SyncMessage::decode(bytes, key);
     if let Ok(m) = &decoded {
         assert_eq!(m.encode(key).as_deref().ok(), Some(bytes), "decoding is canonical");
     }
@@ -88,7 +88,7 @@ fn take(ch: &mut Channel, key: &SyncKey, bytes: &[u8], now: u64) {
     }
     for d in ch.poll(now) {
         assert!(d.len() <= MAX_DATAGRAM);
-        assert!(Message::decode(&d, key).is_ok(), "the channel sends what decodes");
+        assert!(SyncMessage::decode(&d, key).is_ok(), "the channel sends what decodes");
     }
     let lag = ch.lag(now);
     assert!(lag.unacked_messages <= ch.config().window);

@@ -8,7 +8,7 @@
 //! timeout doubles while nothing is acknowledged, up to a ceiling, so a peer that is gone
 //! costs little. At most `window` messages wait for acknowledgement: past that, records are
 //! dropped, counted, and the channel asks for a resync (a bulk copy) through
-//! [`Channel::needs_resync`].
+//! [`SyncChannel::needs_resync`].
 //!
 //! Receiving: every datagram is authenticated before it is read; Data messages are delivered
 //! in order, each exactly once; everything refused is counted under its reason. A receiver
@@ -16,11 +16,12 @@
 //! BulkRequest), which carry the oldest sequence number the sender still holds; Data that
 //! comes before that is refused as out of order and comes again. The same number shows
 //! messages the sender no longer holds that never arrived (a gap, reported as
-//! [`Event::Lost`]).
+//! [`SyncEvent::Lost`]).
 //!
-//! The daemon drives it: [`Channel::poll`] at [`Channel::next_poll_ms`] or sooner (and after
-//! each batch of received datagrams, so acknowledgements go out), [`Channel::receive`] for
-//! each datagram from the peer, and the queueing calls for table changes.
+//! The daemon drives it: [`SyncChannel::poll`] at [`SyncChannel::next_poll_ms`] or sooner
+//! (and after each batch of received datagrams, so acknowledgements go out),
+//! [`SyncChannel::receive`] for each datagram from the peer, and the queueing calls for
+//! table changes.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -30,11 +31,13 @@ use vipgate_nat::engine::Exported;
 use vipgate_nat::FlowKey;
 
 use super::replay::{Inbound, Refusal};
-use super::wire::{Batch, Body, DecodeError, Header, Heartbeat, Message, Record, Role, SyncKey};
+use super::wire::{
+    Batch, Body, DecodeError, Header, Heartbeat, Record, Role, SyncKey, SyncMessage,
+};
 
 /// Timers and bounds of a channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChannelConfig {
+pub struct SyncConfig {
     /// Retransmission timeout: how long a sent Data message waits for its acknowledgement
     /// before the unacknowledged ones are sent again. A dedicated link's round trip is well
     /// under a millisecond; this mostly absorbs the peer's polling delay.
@@ -47,14 +50,14 @@ pub struct ChannelConfig {
     pub dead_ms: u64,
     /// Data messages that may wait for acknowledgement; beyond, records are dropped.
     pub window: usize,
-    /// Data messages one [`Channel::poll`] sends at most, so a retransmission of a full
+    /// Data messages one [`SyncChannel::poll`] sends at most, so a retransmission of a full
     /// window comes out in slices instead of one burst that overruns socket buffers.
     pub burst: usize,
 }
 
-impl Default for ChannelConfig {
-    fn default() -> ChannelConfig {
-        ChannelConfig {
+impl Default for SyncConfig {
+    fn default() -> SyncConfig {
+        SyncConfig {
             rto_ms: 50,
             rto_max_ms: 1_000,
             heartbeat_ms: 100,
@@ -142,13 +145,13 @@ impl SyncCounters {
 
 /// What a received message brought, in stream order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
+pub enum SyncEvent {
     /// We now follow a new instance of the peer: it restarted (`previous` is the instance
     /// followed before), or this is the first we hear of it (`previous` is `None`). Its
     /// stream starts afresh, and ours towards it restarts where it is: the records it did
     /// not acknowledge are dropped (counted in `records_dropped_peer_restart`), since a
     /// new instance gets the past in a bulk copy, which a standby asks for now
-    /// ([`Channel::request_bulk`]).
+    /// ([`SyncChannel::request_bulk`]).
     PeerRestarted {
         /// The new instance's epoch.
         epoch: u64,
@@ -233,7 +236,7 @@ impl fmt::Display for RejectReason {
 impl std::error::Error for RejectReason {}
 
 /// A record was dropped: the send window is full. Counted, and
-/// [`Channel::needs_resync`] is raised.
+/// [`SyncChannel::needs_resync`] is raised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WindowFull;
 
@@ -289,10 +292,10 @@ struct Outgoing {
 
 /// The sync channel to one peer. See the module documentation.
 #[derive(Debug)]
-pub struct Channel {
+pub struct SyncChannel {
     epoch: u64,
     key: SyncKey,
-    config: ChannelConfig,
+    config: SyncConfig,
     counters: SyncCounters,
 
     // Sending.
@@ -331,13 +334,13 @@ pub struct Channel {
     next_bulk_request_ms: u64,
 }
 
-impl Channel {
+impl SyncChannel {
     /// A channel for this box's instance `epoch` (its start time in microseconds since the
     /// epoch, so that it grows across restarts: a peer refuses messages from an epoch
     /// older than the one it follows). Timers of 0 and a window or burst of 0 are taken as
     /// 1.
-    pub fn new(epoch: u64, key: SyncKey, config: ChannelConfig) -> Channel {
-        let config = ChannelConfig {
+    pub fn new(epoch: u64, key: SyncKey, config: SyncConfig) -> SyncChannel {
+        let config = SyncConfig {
             rto_ms: config.rto_ms.max(1),
             rto_max_ms: config.rto_max_ms.max(config.rto_ms).max(1),
             heartbeat_ms: config.heartbeat_ms.max(1),
@@ -345,7 +348,7 @@ impl Channel {
             window: config.window.max(1),
             burst: config.burst.max(1),
         };
-        Channel {
+        SyncChannel {
             epoch,
             key,
             counters: SyncCounters::default(),
@@ -380,7 +383,7 @@ impl Channel {
     }
 
     /// The configuration in force (zeros raised to 1).
-    pub fn config(&self) -> &ChannelConfig {
+    pub fn config(&self) -> &SyncConfig {
         &self.config
     }
 
@@ -394,7 +397,7 @@ impl Channel {
     /// Queues a connection or mapping to create or replace on the peer.
     ///
     /// # Errors
-    /// [`WindowFull`]: dropped (see [`Channel::room`]).
+    /// [`WindowFull`]: dropped (see [`SyncChannel::room`]).
     pub fn upsert(&mut self, e: &Exported) -> Result<(), WindowFull> {
         self.count_bulk();
         self.offer(&Record::Upsert(*e))
@@ -410,10 +413,10 @@ impl Channel {
     }
 
     /// Starts a bulk copy: the caller then upserts every connection and mapping (mappings
-    /// first, as [`vipgate_nat::Engine::install`] needs) and calls [`Channel::end_bulk`].
+    /// first, as [`vipgate_nat::Engine::install`] needs) and calls [`SyncChannel::end_bulk`].
     /// Live changes may go on in between; the receiver counts them in. Clears
-    /// [`Channel::needs_resync`]. A bulk larger than the window is fed while
-    /// [`Channel::room`] is above 0, polling in between.
+    /// [`SyncChannel::needs_resync`]. A bulk larger than the window is fed while
+    /// [`SyncChannel::room`] is above 0, polling in between.
     ///
     /// # Errors
     /// [`WindowFull`]: nothing started; try again when the window drained.
@@ -429,7 +432,7 @@ impl Channel {
     ///
     /// # Errors
     /// [`WindowFull`]: dropped; the receiver never sees the end, and
-    /// [`Channel::needs_resync`] asks for another bulk.
+    /// [`SyncChannel::needs_resync`] asks for another bulk.
     pub fn end_bulk(&mut self) -> Result<(), WindowFull> {
         match self.bulk_out.take() {
             Some(sent) => self.offer(&Record::BulkEnd { sent }),
@@ -449,7 +452,7 @@ impl Channel {
     }
 
     /// Records were dropped (window full) since the last bulk began: the peer's copy has
-    /// holes, and a bulk copy ([`Channel::begin_bulk`]) is needed once the window has
+    /// holes, and a bulk copy ([`SyncChannel::begin_bulk`]) is needed once the window has
     /// room.
     pub fn needs_resync(&self) -> bool {
         self.needs_resync
@@ -462,7 +465,7 @@ impl Channel {
     }
 
     /// Asks the peer for a bulk copy: a BulkRequest now and every heartbeat interval until
-    /// the copy begins (or [`Channel::cancel_bulk_request`]).
+    /// the copy begins (or [`SyncChannel::cancel_bulk_request`]).
     pub fn request_bulk(&mut self) {
         self.bulk_wanted = true;
         self.next_bulk_request_ms = 0;
@@ -521,7 +524,7 @@ impl Channel {
         out
     }
 
-    /// When [`Channel::poll`] next has something to do; a time at or before now means now.
+    /// When [`SyncChannel::poll`] next has something to do; a time at or before now means now.
     pub fn next_poll_ms(&self) -> u64 {
         let unsent = self.cursor < self.next_seq;
         let closable = !self.open.is_empty() && self.room() > 0;
@@ -607,7 +610,7 @@ impl Channel {
     }
 
     fn push_control(&self, body: Body, out: &mut Vec<Vec<u8>>) {
-        let m = Message {
+        let m = SyncMessage {
             header: self.header(self.base()),
             body,
         };
@@ -687,8 +690,8 @@ impl Channel {
     /// Why it was refused, counted under that reason. A refused datagram changes nothing
     /// else, except that a duplicate of delivered Data makes us acknowledge again (our
     /// acknowledgement may have been lost).
-    pub fn receive(&mut self, bytes: &[u8], now_ms: u64) -> Result<Vec<Event>, RejectReason> {
-        let msg = match Message::decode(bytes, &self.key) {
+    pub fn receive(&mut self, bytes: &[u8], now_ms: u64) -> Result<Vec<SyncEvent>, RejectReason> {
+        let msg = match SyncMessage::decode(bytes, &self.key) {
             Ok(m) => m,
             Err(DecodeError::BadAuth) => {
                 self.counters.rx_forged += 1;
@@ -732,12 +735,12 @@ impl Channel {
                         self.counters.rx_lost_messages.saturating_add(c.lost);
                     self.bulk_complete = false;
                     self.ack_owed = true;
-                    events.push(Event::Lost { messages: c.lost });
+                    events.push(SyncEvent::Lost { messages: c.lost });
                 }
                 self.took(now_ms);
                 match body {
                     Body::Heartbeat(hb) => self.peer_heartbeat = Some(hb),
-                    Body::BulkRequest => events.push(Event::BulkRequested),
+                    Body::BulkRequest => events.push(SyncEvent::BulkRequested),
                     Body::Ack | Body::Data(_) => {}
                 }
             }
@@ -807,7 +810,7 @@ impl Channel {
         self.last_heard_ms = Some(now_ms);
     }
 
-    fn on_new_peer(&mut self, epoch: u64, previous: Option<u64>, events: &mut Vec<Event>) {
+    fn on_new_peer(&mut self, epoch: u64, previous: Option<u64>, events: &mut Vec<SyncEvent>) {
         self.counters.peer_epochs += 1;
         // A new instance starts following our stream where it is now and gets the past
         // in the bulk copy it asks for: what it did not acknowledge is dead weight
@@ -822,19 +825,19 @@ impl Channel {
         self.peer_heartbeat = None;
         self.bulk_in = None;
         self.bulk_complete = false;
-        events.push(Event::PeerRestarted { epoch, previous });
+        events.push(SyncEvent::PeerRestarted { epoch, previous });
     }
 
-    fn deliver(&mut self, r: Record, events: &mut Vec<Event>) {
+    fn deliver(&mut self, r: Record, events: &mut Vec<SyncEvent>) {
         self.counters.rx_records += 1;
         match r {
             Record::Upsert(e) => {
                 self.count_bulk_in();
-                events.push(Event::Upsert(e));
+                events.push(SyncEvent::Upsert(e));
             }
             Record::Delete(k) => {
                 self.count_bulk_in();
-                events.push(Event::Delete(k));
+                events.push(SyncEvent::Delete(k));
             }
             Record::BulkBegin { estimate } => {
                 self.bulk_in = Some(BulkProgress {
@@ -844,13 +847,13 @@ impl Channel {
                 self.bulk_complete = false;
                 // The copy we asked for is coming: stop asking.
                 self.bulk_wanted = false;
-                events.push(Event::BulkBegin { estimate });
+                events.push(SyncEvent::BulkBegin { estimate });
             }
             Record::BulkEnd { sent } => {
                 let received = self.bulk_in.take().map(|p| p.received);
                 let complete = received == Some(sent);
                 self.bulk_complete = complete;
-                events.push(Event::BulkEnd {
+                events.push(SyncEvent::BulkEnd {
                     sent,
                     received: received.unwrap_or(0),
                     complete,
@@ -875,12 +878,12 @@ mod tests {
     const A_EPOCH: u64 = 1_000;
     const B_EPOCH: u64 = 2_000;
 
-    fn channel(epoch: u64) -> Channel {
-        Channel::new(epoch, key(), ChannelConfig::default())
+    fn channel(epoch: u64) -> SyncChannel {
+        SyncChannel::new(epoch, key(), SyncConfig::default())
     }
 
     /// Hands every datagram of `from`'s poll to `to`, collecting what it delivered.
-    fn pump(from: &mut Channel, to: &mut Channel, now: u64) -> Vec<Event> {
+    fn pump(from: &mut SyncChannel, to: &mut SyncChannel, now: u64) -> Vec<SyncEvent> {
         let mut events = Vec::new();
         for d in from.poll(now) {
             events.extend(to.receive(&d, now).unwrap());
@@ -888,11 +891,11 @@ mod tests {
         events
     }
 
-    fn upserts(events: &[Event]) -> Vec<u32> {
+    fn upserts(events: &[SyncEvent]) -> Vec<u32> {
         events
             .iter()
             .filter_map(|e| match e {
-                Event::Upsert(x) => Some(x.record.backend),
+                SyncEvent::Upsert(x) => Some(x.record.backend),
                 _ => None,
             })
             .collect()
@@ -901,7 +904,7 @@ mod tests {
     /// The kinds of the datagrams in `out`.
     fn kinds(out: &[Vec<u8>]) -> Vec<Kind> {
         out.iter()
-            .map(|d| Message::decode(d, &key()).unwrap().body.kind())
+            .map(|d| SyncMessage::decode(d, &key()).unwrap().body.kind())
             .collect()
     }
 
@@ -914,12 +917,12 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                Event::PeerRestarted {
+                SyncEvent::PeerRestarted {
                     epoch: A_EPOCH,
                     previous: None
                 },
-                Event::Upsert(exported(1)),
-                Event::Delete(flow(2)),
+                SyncEvent::Upsert(exported(1)),
+                SyncEvent::Delete(flow(2)),
             ]
         );
         assert_eq!(a.lag(5).unacked_messages, 1);
@@ -929,7 +932,7 @@ mod tests {
         assert_eq!(
             pump(&mut b, &mut a, 1)
                 .first()
-                .map(|e| matches!(e, Event::PeerRestarted { .. })),
+                .map(|e| matches!(e, SyncEvent::PeerRestarted { .. })),
             Some(true)
         );
         assert_eq!(a.lag(5).unacked_messages, 0);
@@ -1052,10 +1055,10 @@ mod tests {
         let last = forged.len() - 1;
         forged[last] ^= 1;
         assert_eq!(b.receive(&forged, 1), Err(RejectReason::Forged));
-        let mut other = Channel::new(
+        let mut other = SyncChannel::new(
             A_EPOCH,
             SyncKey::new(b"some-other-key-16").unwrap(),
-            ChannelConfig::default(),
+            SyncConfig::default(),
         );
         assert_eq!(b.receive(&other.poll(0)[0], 1), Err(RejectReason::Forged));
         assert!(matches!(
@@ -1074,7 +1077,7 @@ mod tests {
         let mut newer = channel(A_EPOCH + 1);
         assert_eq!(
             b.receive(&newer.poll(0)[0], 3),
-            Ok(vec![Event::PeerRestarted {
+            Ok(vec![SyncEvent::PeerRestarted {
                 epoch: A_EPOCH + 1,
                 previous: Some(A_EPOCH)
             }])
@@ -1144,11 +1147,11 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                Event::PeerRestarted {
+                SyncEvent::PeerRestarted {
                     epoch: B_EPOCH + 1,
                     previous: Some(B_EPOCH)
                 },
-                Event::BulkRequested
+                SyncEvent::BulkRequested
             ]
         );
         assert_eq!(a.lag(10).unacked_messages, 0);
@@ -1179,7 +1182,7 @@ mod tests {
         }
         assert_eq!(
             ev,
-            vec![Event::PeerRestarted {
+            vec![SyncEvent::PeerRestarted {
                 epoch: B_EPOCH,
                 previous: None
             }]
@@ -1203,7 +1206,7 @@ mod tests {
         }
         // A heartbeat from A's instance saying it holds nothing before 10 (as if 1..=9 had
         // been acknowledged by someone else): signed with the key, so it is authentic.
-        let m = Message {
+        let m = SyncMessage {
             header: Header {
                 epoch: A_EPOCH,
                 seq: 10,
@@ -1213,10 +1216,10 @@ mod tests {
             body: Body::Ack,
         };
         let d = m.encode(&key()).unwrap();
-        assert_eq!(b.receive(&d, 1), Ok(vec![Event::Lost { messages: 9 }]));
+        assert_eq!(b.receive(&d, 1), Ok(vec![SyncEvent::Lost { messages: 9 }]));
         assert_eq!(b.counters().rx_lost_messages, 9);
         // An older base again is a replay.
-        let old = Message {
+        let old = SyncMessage {
             header: Header { seq: 9, ..m.header },
             body: Body::Ack,
         };
@@ -1228,11 +1231,11 @@ mod tests {
 
     #[test]
     fn a_full_window_drops_counts_and_asks_for_a_resync() {
-        let config = ChannelConfig {
+        let config = SyncConfig {
             window: 2,
-            ..ChannelConfig::default()
+            ..SyncConfig::default()
         };
-        let mut a = Channel::new(A_EPOCH, key(), config);
+        let mut a = SyncChannel::new(A_EPOCH, key(), config);
         let mut b = channel(B_EPOCH);
         let per = u32::try_from(wire::MAX_BODY / Record::Upsert(exported(0)).wire_len()).unwrap();
         // Two messages in the window and a full open batch: everything after is dropped.
@@ -1275,10 +1278,10 @@ mod tests {
         for d in a.poll(20) {
             ev.extend(b.receive(&d, 20).unwrap());
         }
-        assert_eq!(ev.first(), Some(&Event::BulkBegin { estimate: 3 }));
+        assert_eq!(ev.first(), Some(&SyncEvent::BulkBegin { estimate: 3 }));
         assert_eq!(
             ev.last(),
-            Some(&Event::BulkEnd {
+            Some(&SyncEvent::BulkEnd {
                 sent: 3,
                 received: 3,
                 complete: true
@@ -1294,10 +1297,10 @@ mod tests {
             Some(true)
         );
 
-        let mut small = Channel::new(
+        let mut small = SyncChannel::new(
             A_EPOCH,
             key(),
-            ChannelConfig {
+            SyncConfig {
                 window: 1,
                 ..config
             },
@@ -1323,7 +1326,7 @@ mod tests {
         assert_eq!(upserts(&ev).len(), n as usize);
         assert_eq!(
             ev.last(),
-            Some(&Event::BulkEnd {
+            Some(&SyncEvent::BulkEnd {
                 sent: n + 1,
                 received: n,
                 complete: false
@@ -1348,7 +1351,7 @@ mod tests {
         for d in &first {
             ev.extend(a.receive(d, 100).unwrap());
         }
-        assert_eq!(ev.last(), Some(&Event::BulkRequested));
+        assert_eq!(ev.last(), Some(&SyncEvent::BulkRequested));
         a.begin_bulk(0).unwrap();
         a.end_bulk().unwrap();
         for d in a.poll(100) {
@@ -1385,8 +1388,8 @@ mod tests {
                 0..40,
             )
         ) {
-            let config = ChannelConfig { window: 3, ..ChannelConfig::default() };
-            let mut ch = Channel::new(2, key(), config);
+            let config = SyncConfig { window: 3, ..SyncConfig::default() };
+            let mut ch = SyncChannel::new(2, key(), config);
             let mut now = 0;
             for (i, (kind, epoch, seq, ack, ours, flags, body)) in frames.into_iter().enumerate() {
                 let _ = ch.delete(flow(i as u32));
@@ -1407,7 +1410,7 @@ mod tests {
                 }
                 now += u64::from(flags) * 9;
                 for d in ch.poll(now) {
-                    proptest::prop_assert!(Message::decode(&d, &key()).is_ok());
+                    proptest::prop_assert!(SyncMessage::decode(&d, &key()).is_ok());
                 }
                 let lag = ch.lag(now);
                 proptest::prop_assert!(lag.unacked_messages <= 3);
@@ -1482,7 +1485,13 @@ mod tests {
 
     /// Takes what arrived, keeping delivered records and checking no refusal is anything a
     /// bad link explains.
-    fn arrive(ch: &mut Channel, link: &mut Link, rng: &mut Rng, now: u64, got: &mut Vec<Event>) {
+    fn arrive(
+        ch: &mut SyncChannel,
+        link: &mut Link,
+        rng: &mut Rng,
+        now: u64,
+        got: &mut Vec<SyncEvent>,
+    ) {
         for d in link.arrivals(rng, now) {
             match ch.receive(&d, now) {
                 Ok(ev) => got.extend(ev),
@@ -1521,7 +1530,7 @@ mod tests {
             }
             arrive(&mut a, &mut ba, &mut rng, now, &mut got_a);
             arrive(&mut b, &mut ab, &mut rng, now, &mut got_b);
-            if !bulk_sent && got_a.contains(&Event::BulkRequested) {
+            if !bulk_sent && got_a.contains(&SyncEvent::BulkRequested) {
                 a.begin_bulk(0).unwrap();
                 a.end_bulk().unwrap();
                 bulk_sent = true;
@@ -1554,14 +1563,14 @@ mod tests {
         let deletes: Vec<_> = got_a
             .iter()
             .filter_map(|e| match e {
-                Event::Delete(k) => Some(*k),
+                SyncEvent::Delete(k) => Some(*k),
                 _ => None,
             })
             .collect();
         assert_eq!(deletes, (100_000..100_200).map(flow).collect::<Vec<_>>());
         assert!(got_b
             .iter()
-            .any(|e| matches!(e, Event::BulkEnd { complete: true, .. })));
+            .any(|e| matches!(e, SyncEvent::BulkEnd { complete: true, .. })));
         for c in [a.counters(), b.counters()] {
             assert_eq!(
                 (c.rx_forged, c.rx_malformed, c.rx_stale, c.rx_lost_messages),

@@ -23,7 +23,7 @@
 //!
 //! Not protected: a replay of the latest control message (heartbeat, ack) of the current
 //! peer instance is taken again, since control messages consume no sequence number; it
-//! repeats what the peer said and can at most keep [`channel::Channel::peer_alive`] true
+//! repeats what the peer said and can at most keep [`channel::SyncChannel::peer_alive`] true
 //! for a peer that just died. Failover itself is decided by the election, not by this.
 
 pub mod channel;
@@ -34,10 +34,10 @@ pub mod wire;
 mod testing;
 
 pub use channel::{
-    BulkProgress, Channel, ChannelConfig, Event, Lag, PeerStatus, RejectReason, SyncCounters,
+    BulkProgress, Lag, PeerStatus, RejectReason, SyncChannel, SyncConfig, SyncCounters, SyncEvent,
     WindowFull,
 };
 pub use wire::{
-    Batch, BatchFull, Body, DecodeError, Field, Header, Heartbeat, Kind, Message, Record, Role,
-    SyncKey, MAX_DATAGRAM,
+    Batch, BatchFull, Body, DecodeError, Field, Header, Heartbeat, Kind, Record, Role, SyncKey,
+    SyncMessage, MAX_DATAGRAM,
 };

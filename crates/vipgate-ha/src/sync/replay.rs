@@ -1,6 +1,6 @@
 //! Where the peer's stream stands: which peer instance (epoch) we follow, and how far we
 //! have its Data messages in order. Decides, for each authenticated message, whether it is
-//! new, old or early; the [`Channel`](super::channel::Channel) acts on the decision.
+//! new, old or early; the [`SyncChannel`](super::channel::SyncChannel) acts on the decision.
 //!
 //! Two facts drive it:
 //! - Data messages carry their own sequence number; they are delivered only in order, so

@@ -403,7 +403,7 @@ impl Body {
 
 /// A decoded (or to be encoded) sync message.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Message {
+pub struct SyncMessage {
     /// Epochs, sequence and acknowledgement.
     pub header: Header,
     /// The body, which also gives the kind.
@@ -508,7 +508,7 @@ impl fmt::Display for TooLong {
 
 impl std::error::Error for TooLong {}
 
-impl Message {
+impl SyncMessage {
     /// Decodes and authenticates a datagram.
     ///
     /// The MAC is checked (in constant time) right after the framing (magic, version,
@@ -518,7 +518,7 @@ impl Message {
     /// # Errors
     /// [`DecodeError::BadAuth`] for a forged or corrupted message; the others for bytes
     /// that are not a well-formed message.
-    pub fn decode(bytes: &[u8], key: &SyncKey) -> Result<Message, DecodeError> {
+    pub fn decode(bytes: &[u8], key: &SyncKey) -> Result<SyncMessage, DecodeError> {
         if bytes.len() > MAX_DATAGRAM {
             return Err(DecodeError::TooLong { len: bytes.len() });
         }
@@ -599,7 +599,7 @@ impl Message {
         if !r.at_end() {
             return Err(DecodeError::BadField(Field::BodyLength));
         }
-        Ok(Message { header, body })
+        Ok(SyncMessage { header, body })
     }
 
     /// Encodes and signs the message.
@@ -631,7 +631,7 @@ impl Message {
     }
 }
 
-/// Frames and signs a body of `kind` as is. [`Message::encode`] and [`Batch`] build valid
+/// Frames and signs a body of `kind` as is. [`SyncMessage::encode`] and [`Batch`] build valid
 /// bodies; this lower level is public so tests and fuzzing can authenticate malformed ones
 /// and reach the body parser.
 ///
@@ -809,8 +809,8 @@ mod tests {
         0xbc, 0x17, 0x80, 0xc7,
     ];
 
-    fn heartbeat() -> Message {
-        Message {
+    fn heartbeat() -> SyncMessage {
+        SyncMessage {
             header: Header {
                 epoch: EPOCH,
                 seq: 7,
@@ -850,7 +850,7 @@ mod tests {
         0x4a, 0xc1, 0x6d, 0x4e,
     ];
 
-    fn data() -> Message {
+    fn data() -> SyncMessage {
         let up = Exported {
             record: ConnRecord {
                 orig: FlowKey {
@@ -891,7 +891,7 @@ mod tests {
             dport: 53,
             proto: Proto::Udp,
         };
-        Message {
+        SyncMessage {
             header: Header {
                 epoch: EPOCH,
                 seq: 42,
@@ -902,16 +902,16 @@ mod tests {
         }
     }
 
-    fn encode(m: &Message) -> Vec<u8> {
+    fn encode(m: &SyncMessage) -> Vec<u8> {
         m.encode(&key()).unwrap()
     }
 
     #[test]
     fn fixtures_encode_and_decode_byte_for_byte() {
         assert_eq!(encode(&heartbeat()), HEARTBEAT);
-        assert_eq!(Message::decode(&HEARTBEAT, &key()), Ok(heartbeat()));
+        assert_eq!(SyncMessage::decode(&HEARTBEAT, &key()), Ok(heartbeat()));
         assert_eq!(encode(&data()), DATA);
-        assert_eq!(Message::decode(&DATA, &key()), Ok(data()));
+        assert_eq!(SyncMessage::decode(&DATA, &key()), Ok(data()));
     }
 
     /// Every record form: upserts with each combination of mapping keys, and the rest.
@@ -961,10 +961,10 @@ mod tests {
             }),
         ];
         for body in bodies {
-            let m = Message { header, body };
+            let m = SyncMessage { header, body };
             let bytes = encode(&m);
             assert!(bytes.len() <= MAX_DATAGRAM);
-            assert_eq!(Message::decode(&bytes, &key()), Ok(m));
+            assert_eq!(SyncMessage::decode(&bytes, &key()), Ok(m));
         }
         for r in every_record() {
             let mut body = Vec::new();
@@ -980,12 +980,12 @@ mod tests {
             index: 5,
             generation: 7,
         });
-        let m = Message {
+        let m = SyncMessage {
             header: Header::default(),
             body: Body::Data(vec![Record::Upsert(e)]),
         };
         e.record.mapping = None;
-        let decoded = Message::decode(&encode(&m), &key());
+        let decoded = SyncMessage::decode(&encode(&m), &key());
         assert_eq!(
             decoded.map(|m| m.body),
             Ok(Body::Data(vec![Record::Upsert(e)]))
@@ -1004,7 +1004,7 @@ mod tests {
             for bit in 0..fixture.len() * 8 {
                 let mut b = fixture.to_vec();
                 b[bit / 8] ^= 1 << (bit % 8);
-                let got = Message::decode(&b, &key());
+                let got = SyncMessage::decode(&b, &key());
                 if framing(bit / 8) {
                     assert!(
                         matches!(
@@ -1028,7 +1028,7 @@ mod tests {
     fn every_truncation_and_extension_is_rejected() {
         for fixture in [&HEARTBEAT[..], &DATA[..]] {
             for len in 0..fixture.len() {
-                let got = Message::decode(&fixture[..len], &key());
+                let got = SyncMessage::decode(&fixture[..len], &key());
                 assert!(
                     matches!(got, Err(DecodeError::Truncated { .. })),
                     "{len}: {got:?}"
@@ -1037,7 +1037,7 @@ mod tests {
             let mut longer = fixture.to_vec();
             longer.push(0);
             assert_eq!(
-                Message::decode(&longer, &key()),
+                SyncMessage::decode(&longer, &key()),
                 Err(DecodeError::TrailingBytes {
                     expected: fixture.len(),
                     actual: fixture.len() + 1
@@ -1045,13 +1045,13 @@ mod tests {
             );
         }
         assert_eq!(
-            Message::decode(&[0; MAX_DATAGRAM + 1], &key()),
+            SyncMessage::decode(&[0; MAX_DATAGRAM + 1], &key()),
             Err(DecodeError::TooLong {
                 len: MAX_DATAGRAM + 1
             })
         );
         assert_eq!(
-            Message::decode(&[0; 80], &key()),
+            SyncMessage::decode(&[0; 80], &key()),
             Err(DecodeError::BadMagic)
         );
     }
@@ -1059,9 +1059,12 @@ mod tests {
     #[test]
     fn wrong_key_is_forged() {
         let other = SyncKey::new(b"another-sixteen-byte-key").unwrap();
-        assert_eq!(Message::decode(&DATA, &other), Err(DecodeError::BadAuth));
         assert_eq!(
-            Message::decode(&HEARTBEAT, &other),
+            SyncMessage::decode(&DATA, &other),
+            Err(DecodeError::BadAuth)
+        );
+        assert_eq!(
+            SyncMessage::decode(&HEARTBEAT, &other),
             Err(DecodeError::BadAuth)
         );
     }
@@ -1077,9 +1080,9 @@ mod tests {
     }
 
     /// `body` under `kind`, authenticated, so the body parser is what decides.
-    fn decode_body(kind: Kind, body: &[u8]) -> Result<Message, DecodeError> {
+    fn decode_body(kind: Kind, body: &[u8]) -> Result<SyncMessage, DecodeError> {
         let bytes = seal(kind, &Header::default(), body, &key()).unwrap();
-        Message::decode(&bytes, &key())
+        SyncMessage::decode(&bytes, &key())
     }
 
     fn upsert_bytes(e: &Exported) -> Vec<u8> {
@@ -1166,7 +1169,7 @@ mod tests {
             b[at] = v;
             let mac = key().sign(&b);
             b.extend_from_slice(&mac);
-            assert_eq!(Message::decode(&b, &key()), Err(want));
+            assert_eq!(SyncMessage::decode(&b, &key()), Err(want));
         }
     }
 
@@ -1193,10 +1196,10 @@ mod tests {
         };
         let bytes = batch.seal(&header, &key());
         assert!(bytes.len() <= MAX_DATAGRAM);
-        let Ok(Message {
+        let Ok(SyncMessage {
             body: Body::Data(records),
             ..
-        }) = Message::decode(&bytes, &key())
+        }) = SyncMessage::decode(&bytes, &key())
         else {
             panic!("the batch does not decode");
         };
@@ -1263,8 +1266,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn decode_never_panics_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
-            let _ = Message::decode(&bytes, &key());
+        fn decode_never_panics_on_any_bytes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..1500),
+        ) {
+            let _ = SyncMessage::decode(&bytes, &key());
         }
 
         /// Authenticated bodies of any bytes reach the parser; whatever it accepts encodes
@@ -1278,20 +1283,23 @@ mod tests {
             let kind = Kind::from_u8(kind).unwrap();
             let header = Header { epoch: 1, seq, ack: 0, ack_epoch: 0 };
             let bytes = seal(kind, &header, &body, &key()).unwrap();
-            match Message::decode(&bytes, &key()) {
+            match SyncMessage::decode(&bytes, &key()) {
                 Ok(m) => prop_assert_eq!(m.encode(&key()).ok(), Some(bytes)),
                 Err(e) => prop_assert_ne!(e, DecodeError::BadAuth),
             }
         }
 
         #[test]
-        fn records_round_trip(records in proptest::collection::vec(arb_record(), 0..20), seq in any::<u64>()) {
-            let m = Message {
+        fn records_round_trip(
+            records in proptest::collection::vec(arb_record(), 0..20),
+            seq in any::<u64>(),
+        ) {
+            let m = SyncMessage {
                 header: Header { epoch: 2, seq, ack: 1, ack_epoch: 3 },
                 body: Body::Data(records),
             };
             let bytes = m.encode(&key()).unwrap();
-            prop_assert_eq!(Message::decode(&bytes, &key()), Ok(m));
+            prop_assert_eq!(SyncMessage::decode(&bytes, &key()), Ok(m));
         }
     }
 }
