@@ -28,6 +28,7 @@ fn dataplane() -> Option<Dataplane> {
                 mac: PUB_MAC,
                 addr: Ipv4Addr::new(203, 0, 113, 1),
                 net: pub_net,
+                virtual_addrs: Vec::new(),
             },
             Interface {
                 name: "priv".into(),
@@ -35,6 +36,7 @@ fn dataplane() -> Option<Dataplane> {
                 mac: PRIV_MAC,
                 addr: Ipv4Addr::new(198, 18, 0, 1),
                 net: priv_net,
+                virtual_addrs: Vec::new(),
             },
         ],
         routes: vec![Route {
