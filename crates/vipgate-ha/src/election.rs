@@ -118,6 +118,9 @@ pub struct Output {
     pub advert: Option<u8>,
     /// The role changed.
     pub transition: Option<Transition>,
+    /// Another master was heard (a partition healed, or it is stopping): it may have
+    /// claimed the addresses, so a master announces them again.
+    pub reannounce: bool,
 }
 
 /// Why an advert was not considered. Each is one counter.
@@ -297,6 +300,7 @@ impl Election {
                 reason: Reason::Shutdown,
                 peer: None,
             }),
+            reannounce: false,
         }
     }
 
@@ -327,6 +331,7 @@ impl Election {
                 Output {
                     advert: Some(self.priority()),
                     transition: None,
+                    reannounce: false,
                 }
             }
             _ => Output::default(),
@@ -397,6 +402,7 @@ impl Election {
                     Output {
                         advert: Some(ours),
                         transition: None,
+                        reannounce: true,
                     }
                 } else if advert.priority > ours
                     || (advert.priority == ours && u32::from(src) > u32::from(self.cfg.own_addr))
@@ -414,6 +420,7 @@ impl Election {
                     Output {
                         advert: Some(ours),
                         transition: None,
+                        reannounce: true,
                     }
                 }
             }
@@ -450,6 +457,7 @@ impl Election {
                 reason,
                 peer,
             }),
+            reannounce: false,
         }
     }
 
@@ -474,6 +482,7 @@ impl Election {
                 reason,
                 peer,
             }),
+            reannounce: false,
         }
     }
 }

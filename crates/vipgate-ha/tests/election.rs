@@ -231,6 +231,15 @@ fn a_healed_partition_leaves_one_master() {
     s.up = vec![true, true];
     s.run_until(320);
     assert_eq!(s.roles(), [Role::Master, Role::Backup]);
+    // The winner heard the other master: it must announce the addresses again.
+    let a = Advert {
+        vrid: 51,
+        priority: 100,
+        interval_cs: 1,
+        addrs: vec![VIP],
+    };
+    let out = s.boxes[0].on_advert(addr(2), &a, 321).unwrap();
+    assert!(out.reannounce && out.advert == Some(200));
     let (_, who, reason, _) = *s.log.last().unwrap();
     assert_eq!((who, reason), (1, Reason::HigherPriorityMaster));
 }

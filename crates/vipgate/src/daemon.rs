@@ -21,7 +21,9 @@ use crate::ha::{self, HaShared};
 use crate::live::{Block, Live, PUBLISH_EVERY_MS};
 use crate::metrics;
 use crate::signal;
+use crate::sync::{self, SyncShared};
 use crate::worker::WorkerLoop;
+use crossbeam_queue::ArrayQueue;
 
 /// How long the control thread waits for a client before it looks at its signals again.
 const CONTROL_TICK: Duration = Duration::from_millis(50);
@@ -169,7 +171,8 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
     let dp_config = dataplane_config(&cfg)?;
     let event_file = cfg.events.file.as_deref().map(events::open).transpose()?;
     let mut nat = cfg.nat.clone();
-    if event_file.is_some() {
+    let sync_config = cfg.ha.as_ref().and_then(|h| h.sync.clone());
+    if event_file.is_some() || sync_config.is_some() {
         nat.event_queue = cfg.events.queue;
     }
     let engine = Engine::with_policy(nat, cfg.policy.0.clone()).map_err(|e| format!("nat: {e}"))?;
@@ -180,6 +183,12 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
         dp.set_active(false);
     }
     let ha_shared = HaShared::new();
+    let sync_shared = SyncShared::new();
+    let sync_socket = sync_config.as_ref().map(sync::bind).transpose()?;
+    // With both the event log and sync, the sync thread reads the workers' queues and
+    // passes every event on to the log's writer.
+    let forwarded = (event_file.is_some() && sync_config.is_some())
+        .then(|| ArrayQueue::new(cfg.events.queue.max(1)));
     let (listener, socket) = control::bind(&cfg.control.socket)?;
     let metrics_server = cfg.metrics.listen.map(metrics::bind).transpose()?;
     let mode = match cfg.xdp.mode {
@@ -215,6 +224,7 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
         path.to_path_buf(),
         cfg,
         ha_config.as_ref().map(|_| &ha_shared),
+        sync_config.as_ref().map(|_| &sync_shared),
     );
     let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
     std::thread::scope(|s| -> Result<(), String> {
@@ -312,23 +322,43 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
             }
         }
         if failure.is_none() {
+            let workers = u16::try_from(cores.len()).unwrap_or(u16::MAX);
             if let Some(file) = event_file {
                 let (engine, counters, stop) = (dp.engine(), &gw.event_log, &stop);
-                let workers = u16::try_from(cores.len()).unwrap_or(u16::MAX);
+                let source = match &forwarded {
+                    Some(q) => events::Source::Forwarded(q),
+                    None => events::Source::Workers(workers),
+                };
                 std::thread::Builder::new()
                     .name("vipgate-events".into())
                     .spawn_scoped(s, move || {
-                        events::run(engine, workers, file, event_rate, counters, stop);
+                        events::run(engine, &source, file, event_rate, counters, stop);
                     })
                     .map_err(|e| format!("events: cannot start a thread: {e}"))?;
+            }
+            let mut syncer = None;
+            if let (Some(cfg), Some(socket)) = (&sync_config, sync_socket) {
+                let (dp, shared, clock) = (&dp, &sync_shared, &clock);
+                let (forward, dropped) = (forwarded.as_ref(), &gw.event_log.dropped);
+                syncer = Some(
+                    std::thread::Builder::new()
+                        .name("vipgate-sync".into())
+                        .spawn_scoped(s, move || {
+                            sync::run(dp, cfg, socket, workers, shared, clock, forward, dropped);
+                        })
+                        .map_err(|e| format!("ha sync: cannot start a thread: {e}"))?,
+                );
             }
             let mut election = None;
             if let Some(ha_cfg) = &ha_config {
                 let (dp, shared, clock, unclaimed) = (&dp, &ha_shared, &clock, &gw.host_unclaimed);
+                let ready = sync_config.as_ref().map(|_| &sync_shared.ready);
                 election = Some(
                     std::thread::Builder::new()
                         .name("vipgate-ha".into())
-                        .spawn_scoped(s, move || ha::run(dp, ha_cfg, shared, clock, unclaimed))
+                        .spawn_scoped(s, move || {
+                            ha::run(dp, ha_cfg, shared, clock, unclaimed, ready);
+                        })
                         .map_err(|e| format!("ha: cannot start a thread: {e}"))?,
                 );
             }
@@ -359,6 +389,11 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
             // A master leaves the election (priority 0) while the workers still send.
             ha_shared.stop();
             if let Some(h) = election {
+                let _ = h.join();
+            }
+            // Then the peer gets what the workers reported until now.
+            sync_shared.stop();
+            if let Some(h) = syncer {
                 let _ = h.join();
             }
         }

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crossbeam_queue::ArrayQueue;
 use vipgate_nat::engine::{ConnEvent, Direction, Endpoints};
 use vipgate_nat::{ConnRecord, Engine};
 
@@ -48,10 +49,18 @@ pub(crate) fn open(path: &Path) -> Result<File, String> {
         .map_err(|e| format!("events.file: {}: {e}", path.display()))
 }
 
-/// Drains `engine`'s event queues into `file` until `stop` is set, then drains once more.
+/// Where the writer takes events from.
+pub(crate) enum Source<'a> {
+    /// The workers' queues, when nothing else reads them.
+    Workers(u16),
+    /// The queue the state-sync thread, the queues' reader then, forwards them to.
+    Forwarded(&'a ArrayQueue<ConnEvent>),
+}
+
+/// Drains `source` into `file` until `stop` is set, then drains once more.
 pub(crate) fn run(
     engine: &Engine,
-    workers: u16,
+    source: &Source<'_>,
     file: File,
     rate: u32,
     counters: &EventLogCounters,
@@ -65,26 +74,34 @@ pub(crate) fn run(
         let stopping = stop.load(Ordering::Relaxed);
         let wall = SystemTime::now();
         let now_s = u32::try_from(started.elapsed().as_secs()).unwrap_or(u32::MAX);
-        for w in 0..workers {
-            engine.drain_events(w, |e| {
-                let rec = match e {
-                    // One already gone has its deletion logged with the same endpoints.
-                    ConnEvent::Created(id) => {
-                        engine.export(id, now_s).map(|ex| ("created", ex.record))
-                    }
-                    ConnEvent::Deleted(rec) => Some(("deleted", rec)),
-                    ConnEvent::Updated(..) => None,
-                };
-                let Some((what, rec)) = rec else { return };
-                if !bucket.take(Instant::now()) {
-                    counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    return;
+        let mut each = |e: ConnEvent| {
+            let rec = match e {
+                // One already gone has its deletion logged with the same endpoints.
+                ConnEvent::Created(id) => engine.export(id, now_s).map(|ex| ("created", ex.record)),
+                ConnEvent::Deleted(rec) => Some(("deleted", rec)),
+                ConnEvent::Updated(..) => None,
+            };
+            let Some((what, rec)) = rec else { return };
+            if !bucket.take(Instant::now()) {
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            match writeln!(out, "{}", line(wall, what, &rec)) {
+                Ok(()) => counters.written.fetch_add(1, Ordering::Relaxed),
+                Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
+            };
+        };
+        match source {
+            Source::Workers(workers) => {
+                for w in 0..*workers {
+                    engine.drain_events(w, &mut each);
                 }
-                match writeln!(out, "{}", line(wall, what, &rec)) {
-                    Ok(()) => counters.written.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
-                };
-            });
+            }
+            Source::Forwarded(q) => {
+                while let Some(e) = q.pop() {
+                    each(e);
+                }
+            }
         }
         if stopping || last_flush.elapsed() >= FLUSH_EVERY {
             if let Err(e) = out.flush() {

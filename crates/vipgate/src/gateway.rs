@@ -20,6 +20,7 @@ use vipgate_nat::{ConnId, ConnRecord, ConnState, Proto};
 use crate::events::EventLogCounters;
 use crate::ha::{Command, HaShared};
 use crate::live::Live;
+use crate::sync::SyncShared;
 use vipgate::protocol::{error, ok, Filter, Request, PAGE_MAX};
 
 /// One AF_XDP socket, as a worker reported it at start.
@@ -49,6 +50,8 @@ pub(crate) struct Gateway<'a> {
     pub(crate) host_unclaimed: AtomicU64,
     /// The election, when `[ha]` is configured.
     pub(crate) ha: Option<&'a HaShared>,
+    /// State sync, when `[ha.sync]` is configured.
+    pub(crate) sync: Option<&'a SyncShared>,
     /// (milliseconds, rx frames, tx frames) at the last two rate samples.
     rate: Mutex<(RateSample, RateSample)>,
 }
@@ -139,6 +142,7 @@ impl<'a> Gateway<'a> {
         config_path: PathBuf,
         config: Config,
         ha: Option<&'a HaShared>,
+        sync: Option<&'a SyncShared>,
     ) -> Gateway<'a> {
         Gateway {
             dp,
@@ -153,6 +157,7 @@ impl<'a> Gateway<'a> {
             event_log: EventLogCounters::default(),
             host_unclaimed: AtomicU64::new(0),
             ha,
+            sync,
             rate: Mutex::new(((0, 0, 0), (0, 0, 0))),
         }
     }
@@ -278,7 +283,16 @@ impl<'a> Gateway<'a> {
             Request::Standby => self.set_active(false),
             Request::Active => self.set_active(true),
             Request::Ha => ok(match self.ha {
-                Some(h) => h.view(),
+                Some(h) => {
+                    let mut v = h.view();
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.insert(
+                            "sync".into(),
+                            self.sync.map_or(Value::Null, SyncShared::view),
+                        );
+                    }
+                    v
+                }
                 None => json!({ "enabled": false, "role": self.role() }),
             }),
         }
@@ -334,6 +348,9 @@ impl<'a> Gateway<'a> {
         ];
         if let Some(h) = self.ha {
             v.extend(h.counters());
+        }
+        if let Some(s) = self.sync {
+            v.extend(s.counters());
         }
         v
     }

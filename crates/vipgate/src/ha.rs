@@ -23,6 +23,8 @@ const LINK_EVERY: Duration = Duration::from_millis(100);
 const ARP_EVERY: Duration = Duration::from_secs(1);
 /// Advert spacings kept for the percentiles `vipgate ha` shows.
 const SPACINGS: usize = 4096;
+/// The shortest time between two extra announcement bursts.
+const REANNOUNCE_MIN: Duration = Duration::from_secs(1);
 /// How long a graceful stop waits for its priority-0 advert to leave.
 const STOP_FLUSH: Duration = Duration::from_millis(500);
 
@@ -161,6 +163,7 @@ struct Runner<'a> {
     spacings: Vec<u32>,
     spacing_at: usize,
     last_transition: Option<(Transition, std::time::SystemTime)>,
+    last_reannounce: Option<Instant>,
     started: Instant,
 }
 
@@ -184,6 +187,7 @@ pub(crate) fn run(
     shared: &HaShared,
     clock: &(dyn Fn() -> u64 + Sync),
     unclaimed: &AtomicU64,
+    ready: Option<&AtomicBool>,
 ) {
     let Some(ha) = cfg.ha.clone() else {
         return;
@@ -225,6 +229,7 @@ pub(crate) fn run(
         spacings: Vec::with_capacity(SPACINGS),
         spacing_at: 0,
         last_transition: None,
+        last_reannounce: None,
         started: now,
         election,
         ha,
@@ -246,6 +251,9 @@ pub(crate) fn run(
         let now_ms = clock();
         r.receive(now_ms);
         r.take_command(now_ms);
+        if let Some(ready) = ready {
+            r.election.set_ready(ready.load(Ordering::Acquire));
+        }
         let out = r.election.poll(clock());
         r.apply(out);
         r.timers();
@@ -364,6 +372,12 @@ impl Runner<'_> {
                     self.next_refresh = None;
                 }
             }
+            if t.to == Role::Master && !self.election.is_ready() {
+                tracing::warn!(
+                    "ha: taking over before the state sync from the master completed: the \
+                     master is down, so connections it opened since the last sync are lost"
+                );
+            }
             let peer = t.peer.map(|(a, p)| format!("{a} priority {p}"));
             tracing::warn!(
                 from = %t.from,
@@ -379,6 +393,29 @@ impl Runner<'_> {
         if let Some(priority) = out.advert {
             self.send_advert(priority);
         }
+        if out.reannounce {
+            self.announce_again("another master was on the segment");
+        }
+    }
+
+    /// Starts another burst of announcements while active: after a partition healed or a
+    /// link came back, neighbors may point the addresses at the other box. At most one a
+    /// second, so two masters that keep seeing each other can't flood the segment.
+    fn announce_again(&mut self, why: &str) {
+        let now = Instant::now();
+        if !self.dp.is_active()
+            || self
+                .last_reannounce
+                .is_some_and(|t| now < t + REANNOUNCE_MIN)
+        {
+            return;
+        }
+        self.last_reannounce = Some(now);
+        tracing::info!(reason = why, "ha: announcing the addresses again");
+        self.dp.request_announce();
+        self.shared.bump("ha_garp_bursts");
+        self.garp_left = self.ha.garp_count.saturating_sub(1);
+        self.next_garp = now + self.garp_interval();
     }
 
     fn send_advert(&mut self, priority: u8) {
@@ -490,7 +527,11 @@ impl Runner<'_> {
                 priority = self.election.priority(),
                 "ha: data link state changed"
             );
+            let recovered = down.is_empty() && !self.links_down.is_empty();
             self.links_down = down;
+            if recovered {
+                self.announce_again("every data link is up again");
+            }
             self.publish();
         }
     }

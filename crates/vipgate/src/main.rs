@@ -19,6 +19,7 @@ mod ha;
 mod live;
 mod metrics;
 mod signal;
+mod sync;
 mod worker;
 
 use cli::{Cli, Command, EXIT_FAILED, EXIT_USAGE};

@@ -166,6 +166,18 @@ pub(crate) fn render(gw: &Gateway<'_>) -> String {
             gauge(h.priority()),
         );
     }
+    if let Some(s) = gw.sync {
+        reg.register(
+            "sync_unacked_messages",
+            "sync messages the peer has not acknowledged yet",
+            gauge(s.lag_messages()),
+        );
+        reg.register(
+            "sync_peer_alive",
+            "1 while the sync peer is heard within its dead interval",
+            gauge(u64::from(s.peer_alive())),
+        );
+    }
     reg.register(
         "policy_generation",
         "generation of the policy in force (1 at start, +1 per reload)",

@@ -385,3 +385,405 @@ fn vipgate_and_keepalived_elect_the_same_master_both_ways_round() {
         });
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Failover under load: state sync keeps every connection
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+use vipgate_netns::pair::addr::SYNC;
+use vipgate_netns::topology::addr::{CLIENT, H1, H2};
+use vipgate_netns::Netns;
+
+/// Long-lived TCP connections through the VIP, as the issue asks.
+const FLOWS_TCP: usize = 200;
+/// UDP flows through the VIP (inbound) and through PAT (outbound).
+const FLOWS_UDP: usize = 8;
+/// Rounds of exchanges that must succeed after a failure.
+const ROUNDS_AFTER: u64 = 20;
+/// The longest a test service lives, whatever the test does.
+const SERVICE_LIFETIME: Duration = Duration::from_secs(300);
+/// Tries for one UDP echo, each waiting this long: datagrams sent in the gap are lost.
+const UDP_TRIES: u32 = 100;
+const UDP_WAIT: Duration = Duration::from_millis(100);
+
+/// A box's configuration with state sync on the sync link.
+fn synced_body(i: usize, priority: u8, ha_extra: &str) -> String {
+    format!(
+        "{}\n[ha.sync]\ninterface = \"sync0\"\nlocal = \"{}\"\npeer = \"{}\"\nkey = \"vipgate-test-sync-key-0123456789\"\nheartbeat_ms = 50\ndead_ms = 300\nrefresh_secs = 5\n",
+        vipgate_body(i, priority, ha_extra),
+        SYNC[i],
+        SYNC[1 - i]
+    )
+}
+
+/// A line echo (TCP) or datagram echo (UDP) service in a namespace, stopped on drop.
+struct Echo {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Echo {
+    fn tcp(ns: &Netns, addr: SocketAddrV4) -> Echo {
+        let listener = ns.run(move || TcpListener::bind(addr)).unwrap().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handle = thread::spawn(move || {
+            let end = Instant::now() + SERVICE_LIFETIME;
+            let mut conns = Vec::new();
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < end && conns.len() < 1024 {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let stop3 = stop2.clone();
+                        conns.push(thread::spawn(move || {
+                            s.set_nonblocking(false).unwrap();
+                            s.set_read_timeout(Some(Duration::from_millis(200)))
+                                .unwrap();
+                            let mut r = BufReader::new(s.try_clone().unwrap());
+                            let mut w = s;
+                            let mut line = String::new();
+                            while !stop3.load(Ordering::Relaxed) && Instant::now() < end {
+                                match r.read_line(&mut line) {
+                                    Ok(0) => return,
+                                    Ok(_) => {
+                                        if w.write_all(line.as_bytes()).is_err() {
+                                            return;
+                                        }
+                                        line.clear();
+                                    }
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            std::io::ErrorKind::WouldBlock
+                                                | std::io::ErrorKind::TimedOut
+                                        ) => {}
+                                    Err(_) => return,
+                                }
+                            }
+                        }));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            stop2.store(true, Ordering::Relaxed);
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        Echo {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn udp(ns: &Netns, addr: SocketAddrV4) -> Echo {
+        let socket = ns.run(move || UdpSocket::bind(addr)).unwrap().unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handle = thread::spawn(move || {
+            let end = Instant::now() + SERVICE_LIFETIME;
+            let mut buf = [0u8; 2048];
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < end {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            }
+        });
+        Echo {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The flows of a failover test: TCP to the VIP (DNAT), UDP to the VIP (DNAT), UDP from an
+/// internal host out (PAT), and one TCP connection from an internal host out (PAT).
+struct Flows {
+    tcp: Vec<(BufReader<TcpStream>, TcpStream)>,
+    udp: Vec<UdpSocket>,
+    _services: Vec<Echo>,
+}
+
+fn tcp_flow(ns: &Netns, dst: SocketAddrV4) -> (BufReader<TcpStream>, TcpStream) {
+    let s = ns
+        .run(move || TcpStream::connect_timeout(&SocketAddr::V4(dst), DEADLINE))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("connect {dst}: {e}"));
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    s.set_nodelay(true).unwrap();
+    (BufReader::new(s.try_clone().unwrap()), s)
+}
+
+fn udp_flow(ns: &Netns, dst: SocketAddrV4) -> UdpSocket {
+    let s = ns
+        .run(move || {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(dst)?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .unwrap()
+        .unwrap();
+    s.set_read_timeout(Some(UDP_WAIT)).unwrap();
+    s
+}
+
+impl Flows {
+    fn open(p: &Pair) -> Flows {
+        let services = vec![
+            Echo::tcp(&p.h1, SocketAddrV4::new(H1, 80)),
+            Echo::udp(&p.h1, SocketAddrV4::new(H1, 5353)),
+            Echo::tcp(&p.inet, SocketAddrV4::new(INET, 7)),
+            Echo::udp(&p.inet, SocketAddrV4::new(INET, 7)),
+        ];
+        let mut tcp: Vec<_> = (0..FLOWS_TCP)
+            .map(|_| tcp_flow(&p.client, SocketAddrV4::new(VIP, 80)))
+            .collect();
+        tcp.push(tcp_flow(&p.h2, SocketAddrV4::new(INET, 7)));
+        let mut udp: Vec<_> = (0..FLOWS_UDP / 2)
+            .map(|_| udp_flow(&p.client, SocketAddrV4::new(VIP, 5353)))
+            .collect();
+        udp.extend((0..FLOWS_UDP / 2).map(|_| udp_flow(&p.h1, SocketAddrV4::new(INET, 7))));
+        Flows {
+            tcp,
+            udp,
+            _services: services,
+        }
+    }
+
+    /// Conntrack entries the flows make on a box: every TCP and UDP flow, and the PAT
+    /// mappings of the outbound ones.
+    fn count(&self) -> u64 {
+        (self.tcp.len() + self.udp.len()) as u64
+    }
+
+    /// One round: every flow sends a message and gets it back.
+    fn round(&mut self, round: u64) -> Result<(), String> {
+        for (i, (r, w)) in self.tcp.iter_mut().enumerate() {
+            let msg = format!("t{round}-{i}\n");
+            w.write_all(msg.as_bytes())
+                .map_err(|e| format!("tcp flow {i} round {round}: write: {e}"))?;
+            let mut line = String::new();
+            r.read_line(&mut line)
+                .map_err(|e| format!("tcp flow {i} round {round}: read: {e}"))?;
+            if line != msg {
+                return Err(format!(
+                    "tcp flow {i} round {round}: got {line:?}, sent {msg:?}"
+                ));
+            }
+        }
+        for (i, s) in self.udp.iter().enumerate() {
+            let msg = format!("u{round}-{i}");
+            let mut ok = false;
+            let mut buf = [0u8; 64];
+            'tries: for _ in 0..UDP_TRIES {
+                let _ = s.send(msg.as_bytes());
+                let deadline = Instant::now() + UDP_WAIT;
+                while Instant::now() < deadline {
+                    match s.recv(&mut buf) {
+                        Ok(n) if &buf[..n] == msg.as_bytes() => {
+                            ok = true;
+                            break 'tries;
+                        }
+                        // An echo of an earlier try of an earlier round.
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+            if !ok {
+                return Err(format!(
+                    "udp flow {i} round {round}: no echo in {UDP_TRIES} tries"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Drives rounds on a thread until stopped; records when each round completed.
+struct Driver {
+    stop: Arc<AtomicBool>,
+    done: Arc<Mutex<Vec<Instant>>>,
+    handle: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Driver {
+    fn start(mut flows: Flows) -> Driver {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, done2) = (stop.clone(), done.clone());
+        let handle = thread::spawn(move || {
+            let end = Instant::now() + SERVICE_LIFETIME;
+            let mut round = 0u64;
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < end {
+                flows.round(round)?;
+                done2.lock().unwrap().push(Instant::now());
+                round += 1;
+                thread::sleep(Duration::from_millis(2));
+            }
+            Ok(())
+        });
+        Driver {
+            stop,
+            done,
+            handle: Some(handle),
+        }
+    }
+
+    fn rounds(&self) -> u64 {
+        self.done.lock().unwrap().len() as u64
+    }
+
+    /// Waits until `n` more rounds completed (the flows all work), failing with the
+    /// driver's error if one broke.
+    fn wait_rounds(&mut self, n: u64, what: &str) {
+        let target = self.rounds() + n;
+        let r = poll_until(Duration::from_secs(120), what, || {
+            self.rounds() >= target || self.handle.as_ref().is_some_and(JoinHandle::is_finished)
+        });
+        if self.handle.as_ref().is_some_and(JoinHandle::is_finished) {
+            let e = self.handle.take().unwrap().join().unwrap();
+            panic!("{what}: the flows broke: {e:?}");
+        }
+        r.unwrap();
+    }
+
+    /// The longest time between two completed rounds after `since`.
+    fn gap_since(&self, since: Instant) -> Duration {
+        let done = self.done.lock().unwrap();
+        let mut last = since;
+        let mut gap = Duration::ZERO;
+        for t in done.iter().filter(|t| **t >= since) {
+            gap = gap.max(t.duration_since(last));
+            last = *t;
+        }
+        gap
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let r = self.handle.take().unwrap().join().unwrap();
+        r.unwrap();
+    }
+}
+
+/// Connections and mappings box `i` holds.
+fn table_count(p: &Pair, i: usize) -> u64 {
+    let out = std::process::Command::new(p.binary())
+        .args(["conns", "--count", "--json", "--socket"])
+        .arg(p.control_socket(i))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["count"].as_u64().unwrap_or(0)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    Kill,
+    LinksDown,
+    Stop,
+}
+
+/// The failover test of one failure mode: every flow keeps working through the failure of
+/// the master and through its return (it preempts only after its bulk copy).
+fn failover(mode: Failure) {
+    let Some(mut p) = pair([
+        BoxKind::Vipgate(synced_body(0, 200, "")),
+        BoxKind::Vipgate(synced_body(1, 100, "")),
+    ]) else {
+        return;
+    };
+    let _ = CLIENT;
+    let _ = H2;
+    with_logs(&p, || {
+        wait_role(&p, 0, "master");
+        wait_role(&p, 1, "backup");
+    });
+    let flows = Flows::open(&p);
+    let want = flows.count();
+    let mut driver = Driver::start(flows);
+    driver.wait_rounds(3, "rounds before the failure");
+    with_logs(&p, || {
+        poll_until(DEADLINE, "the standby holds every flow", || {
+            table_count(&p, 1) >= want
+        })
+        .unwrap();
+    });
+    let at = Instant::now();
+    match mode {
+        Failure::Kill => drop(p.kill(0).unwrap()),
+        Failure::LinksDown => p.set_data_links(0, false).unwrap(),
+        Failure::Stop => drop(p.stop(0).unwrap()),
+    }
+    with_logs(&p, || wait_role(&p, 1, "master"));
+    driver.wait_rounds(ROUNDS_AFTER, "rounds after the failure");
+    eprintln!(
+        "failover {mode:?}: {} flows kept, longest gap between rounds {:?}",
+        want,
+        driver.gap_since(at)
+    );
+    // The old master returns; with preemption it takes over again, after its bulk copy.
+    match mode {
+        Failure::LinksDown => p.set_data_links(0, true).unwrap(),
+        Failure::Kill | Failure::Stop => p.start(0).unwrap(),
+    }
+    let back = Instant::now();
+    with_logs(&p, || {
+        wait_role(&p, 0, "master");
+        wait_role(&p, 1, "backup");
+        let a = ha(&p, 0);
+        assert!(
+            a["sync"]["bulk_complete"] == true || matches!(mode, Failure::LinksDown),
+            "took over without a complete bulk copy: {a}"
+        );
+    });
+    driver.wait_rounds(ROUNDS_AFTER, "rounds after the return");
+    eprintln!(
+        "return {mode:?}: longest gap between rounds {:?}",
+        driver.gap_since(back)
+    );
+    driver.finish();
+    with_logs(&p, || {
+        for i in 0..2 {
+            let c = &ha(&p, i)["sync"]["counters"];
+            for bad in ["sync_rx_forged", "sync_rx_malformed", "sync_install_failed"] {
+                assert_eq!(c[bad], 0, "box {i} {bad}: {c}");
+            }
+        }
+    });
+}
+
+#[test]
+fn failover_on_a_crash_keeps_every_connection() {
+    failover(Failure::Kill);
+}
+
+#[test]
+fn failover_on_data_links_down_keeps_every_connection() {
+    failover(Failure::LinksDown);
+}
+
+#[test]
+fn failover_on_a_graceful_stop_keeps_every_connection() {
+    failover(Failure::Stop);
+}
