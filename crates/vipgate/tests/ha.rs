@@ -787,3 +787,259 @@ fn failover_on_data_links_down_keeps_every_connection() {
 fn failover_on_a_graceful_stop_keeps_every_connection() {
     failover(Failure::Stop);
 }
+
+// ---------------------------------------------------------------------------------------
+// Bulk copy and hostile input
+
+use vipgate_ha::advert::Advert;
+use vipgate_ha::sync::{Header, Kind, SyncKey};
+
+const SYNC_KEY: &[u8] = b"vipgate-test-sync-key-0123456789";
+
+/// Connections made with crafted UDP frames from the router to VIP:5353, one per source
+/// port (they need no answer to exist).
+fn udp_conns(p: &Pair, master: usize, n: u16) {
+    let mac = {
+        let b = &p.boxes[master];
+        b.run(|| probe::interface_mac("vg-pub")).unwrap().unwrap()
+    };
+    p.rtr
+        .run(move || {
+            let link = probe::RawLink::open("to-gw").unwrap();
+            for i in 0..n {
+                let port = 10_000 + i;
+                let mut udp = Vec::with_capacity(12);
+                udp.extend_from_slice(&port.to_be_bytes());
+                udp.extend_from_slice(&5353u16.to_be_bytes());
+                udp.extend_from_slice(&12u16.to_be_bytes());
+                udp.extend_from_slice(&[0, 0]); // no checksum
+                udp.extend_from_slice(b"bulk");
+                let f = probe::ipv4_frame(mac, link.mac(), CLIENT, VIP, 17, &udp);
+                link.send(&f).unwrap();
+                if i % 256 == 255 {
+                    // Let the gateway's queue drain: this is about state, not load.
+                    thread::sleep(Duration::from_millis(2));
+                }
+            }
+        })
+        .unwrap();
+}
+
+/// At least `n` connections on box `master`, made by [`udp_conns`]: frames lost on a busy
+/// machine are sent again (the ones that arrived make no second connection).
+fn make_conns(p: &Pair, master: usize, n: u16) {
+    for _ in 0..10 {
+        udp_conns(p, master, n);
+        let r = poll_until(Duration::from_secs(3), "connections", || {
+            table_count(p, master) >= u64::from(n)
+        });
+        if r.is_ok() {
+            return;
+        }
+    }
+    panic!(
+        "box {master} holds {} of {n} connections",
+        table_count(p, master)
+    );
+}
+
+#[test]
+fn a_late_standby_gets_every_connection_before_it_preempts() {
+    const N: u16 = 5000;
+    let Some(mut p) = pair([
+        BoxKind::Vipgate(synced_body(0, 100, "")),
+        BoxKind::Vipgate(synced_body(1, 200, "")),
+    ]) else {
+        return;
+    };
+    p.stop(1).unwrap();
+    with_logs(&p, || wait_role(&p, 0, "master"));
+    with_logs(&p, || make_conns(&p, 0, N));
+    p.start(1).unwrap();
+    with_logs(&p, || {
+        wait_role(&p, 1, "master");
+        let b = ha(&p, 1);
+        let bulk = &b["sync"]["last_bulk_received"];
+        assert_eq!(bulk["complete"], true, "{b}");
+        assert!(bulk["received"].as_u64().unwrap() >= u64::from(N), "{b}");
+        assert!(table_count(&p, 1) >= u64::from(N));
+        let log = p.log(1);
+        let complete = log.find("bulk copy complete").expect("bulk logged");
+        let master = log.find("to=master").expect("takeover logged");
+        assert!(
+            complete < master,
+            "preempted before the bulk copy completed:\n{log}"
+        );
+        wait_role(&p, 0, "backup");
+    });
+}
+
+#[test]
+fn forged_replayed_and_truncated_sync_messages_and_strange_adverts_change_nothing() {
+    let peers = |other: usize| format!("peers = [\"{}\"]", addr::PUBLIC[other]);
+    let Some(p) = pair([
+        BoxKind::Vipgate(synced_body(0, 200, &peers(1))),
+        BoxKind::Vipgate(synced_body(1, 100, &peers(0))),
+    ]) else {
+        return;
+    };
+    with_logs(&p, || {
+        wait_role(&p, 0, "master");
+        wait_role(&p, 1, "backup");
+    });
+    udp_conns(&p, 0, 50);
+    with_logs(&p, || {
+        poll_until(DEADLINE, "the standby has the connections", || {
+            table_count(&p, 1) >= 50
+        })
+        .unwrap();
+    });
+    let before = table_count(&p, 1);
+    let epoch = ha(&p, 0)["sync"]["epoch"].as_u64().unwrap();
+    let key = SyncKey::new(SYNC_KEY).unwrap();
+    let wrong = SyncKey::new(b"another-key-entirely-0123456789").unwrap();
+    // A Data message carrying one upsert of a connection nobody made.
+    let bogus = {
+        let ex = vipgate_nat::engine::Exported {
+            record: vipgate_nat::ConnRecord {
+                orig: vipgate_nat::FlowKey {
+                    src: std::net::Ipv4Addr::new(198, 51, 100, 66),
+                    dst: VIP,
+                    sport: 4444,
+                    dport: 80,
+                    proto: vipgate_nat::Proto::Tcp,
+                },
+                reply: vipgate_nat::FlowKey {
+                    src: H1,
+                    dst: std::net::Ipv4Addr::new(198, 51, 100, 66),
+                    sport: 80,
+                    dport: 4444,
+                    proto: vipgate_nat::Proto::Tcp,
+                },
+                state: vipgate_nat::ConnState::TcpEstablished,
+                flags: 0x04,
+                owner: 0,
+                mapping: None,
+                backend: u32::MAX,
+                idle_secs: 0,
+                fin_seen: 0,
+            },
+            mapping: None,
+            peer_mapping: None,
+        };
+        let mut b = vipgate_ha::sync::Batch::new();
+        b.push(&vipgate_ha::sync::Record::Upsert(ex)).unwrap();
+        b
+    };
+    let header = |epoch, seq| Header {
+        epoch,
+        seq,
+        ack: 0,
+        ack_epoch: 0,
+    };
+    let mut truncated = bogus.seal(&header(epoch, u64::MAX / 2), &key);
+    truncated.truncate(truncated.len() - 5);
+    let datagrams: Vec<(&str, Vec<u8>)> = vec![
+        ("sync_rx_malformed", vec![0x5a; 100]),
+        (
+            "sync_rx_forged",
+            bogus.seal(&header(epoch, 1_000_000), &wrong),
+        ),
+        ("sync_rx_malformed", truncated),
+        ("sync_rx_stale", bogus.seal(&header(epoch - 1, 1), &key)),
+        ("sync_rx_replayed", bogus.seal(&header(epoch, 1), &key)),
+        (
+            "sync_rx_malformed",
+            vipgate_ha::sync::wire::seal(Kind::Heartbeat, &header(epoch, 1), &[9, 9], &key)
+                .unwrap(),
+        ),
+    ];
+    let counters = |i| ha(&p, i)["sync"]["counters"].clone();
+    let c0 = counters(1);
+    let sent: Vec<Vec<u8>> = datagrams.iter().map(|(_, d)| d.clone()).collect();
+    p.boxes[0]
+        .run(move || {
+            let s = UdpSocket::bind(SocketAddrV4::new(SYNC[0], 0)).unwrap();
+            for d in sent {
+                s.send_to(&d, SocketAddrV4::new(SYNC[1], 7789)).unwrap();
+            }
+        })
+        .unwrap();
+    with_logs(&p, || {
+        for name in [
+            "sync_rx_malformed",
+            "sync_rx_forged",
+            "sync_rx_stale",
+            "sync_rx_replayed",
+        ] {
+            let want = datagrams.iter().filter(|(n, _)| *n == name).count() as u64;
+            poll_until(DEADLINE, name, || {
+                counters(1)[name].as_u64().unwrap() >= c0[name].as_u64().unwrap() + want
+            })
+            .unwrap_or_else(|e| panic!("{e}: {}", counters(1)));
+        }
+        assert_eq!(table_count(&p, 1), before, "nothing installed");
+        assert_eq!(role(&p, 1), "backup");
+    });
+
+    // Adverts: from a box that is not a peer, with a bad checksum, with a routed TTL.
+    let b_mac = p.boxes[1]
+        .run(|| probe::interface_mac("vg-pub"))
+        .unwrap()
+        .unwrap();
+    let stranger = std::net::Ipv4Addr::new(203, 0, 113, 99);
+    let advert = Advert {
+        vrid: 51,
+        priority: 255,
+        interval_cs: 1,
+        addrs: vec![VIP],
+    };
+    let a0 = ha(&p, 1)["counters"].clone();
+    p.rtr
+        .run(move || {
+            let link = probe::RawLink::open("to-gw").unwrap();
+            let mut buf = [0u8; 128];
+            let n = advert
+                .emit_frame(&mut buf, link.mac(), b_mac, stranger, addr::PUBLIC[1])
+                .unwrap();
+            link.send(&buf[..n]).unwrap();
+            let n = advert
+                .emit_frame(
+                    &mut buf,
+                    link.mac(),
+                    b_mac,
+                    addr::PUBLIC[0],
+                    addr::PUBLIC[1],
+                )
+                .unwrap();
+            let mut bad_sum = buf[..n].to_vec();
+            bad_sum[14 + 20 + 2] = 254; // the priority, checksum unchanged
+            link.send(&bad_sum).unwrap();
+            let mut routed = buf[..n].to_vec();
+            routed[14 + 8] = 254; // TTL
+            routed[14 + 10] = 0;
+            routed[14 + 11] = 0;
+            let sum = probe::checksum(&routed[14..34]);
+            routed[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+            link.send(&routed).unwrap();
+        })
+        .unwrap();
+    with_logs(&p, || {
+        for name in [
+            "advert_unknown_peer",
+            "advert_bad_checksum",
+            "advert_bad_ttl",
+        ] {
+            poll_until(DEADLINE, name, || {
+                ha(&p, 1)["counters"][name].as_u64().unwrap() > a0[name].as_u64().unwrap()
+            })
+            .unwrap_or_else(|e| panic!("{e}: {}", ha(&p, 1)));
+        }
+        assert_eq!(
+            role(&p, 1),
+            "backup",
+            "a priority-255 stranger changed nothing"
+        );
+        assert_eq!(role(&p, 0), "master");
+    });
+}
