@@ -415,8 +415,8 @@ pub struct Sync {
     pub local: SocketAddrV4,
     /// The peer's address and port.
     pub peer: SocketAddrV4,
-    /// The shared HMAC-SHA-256 key, at least 16 bytes.
-    pub key: Vec<u8>,
+    /// Where the shared HMAC-SHA-256 key comes from.
+    pub key: SyncKeySource,
     /// Milliseconds between heartbeats.
     pub heartbeat_ms: u32,
     /// Milliseconds without a valid message after which the peer is gone.
@@ -435,11 +435,73 @@ impl std::fmt::Debug for Sync {
             .field("interface", &self.interface)
             .field("local", &self.local)
             .field("peer", &self.peer)
-            .field("key", &format_args!("<{} bytes>", self.key.len()))
+            .field("key", &self.key)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("dead_ms", &self.dead_ms)
             .field("retransmit_ms", &self.retransmit_ms)
             .field("refresh_secs", &self.refresh_secs)
             .finish()
+    }
+}
+
+/// Where the sync key comes from: the file is read on the host, by `vipgate check` and at
+/// start, so that validating a file needs nothing from the machine it is checked on.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SyncKeySource {
+    /// `ha.sync.key`: the text's bytes (at least [`SyncKeySource::MIN_LEN`], checked).
+    Inline(Vec<u8>),
+    /// `ha.sync.key_file`: the file's bytes, trailing whitespace removed.
+    File(PathBuf),
+}
+
+impl SyncKeySource {
+    /// The shortest key accepted: 128 bits.
+    pub const MIN_LEN: usize = 16;
+    /// The longest key file read: a key, not a file someone pointed at by mistake.
+    pub const FILE_MAX: u64 = 4096;
+
+    /// The key's bytes.
+    ///
+    /// # Errors
+    /// One line naming `ha.sync.key_file` (unreadable, too large, too short).
+    pub fn read(&self) -> Result<Vec<u8>, String> {
+        let path = match self {
+            SyncKeySource::Inline(k) => return Ok(k.clone()),
+            SyncKeySource::File(p) => p,
+        };
+        let key = "ha.sync.key_file";
+        let shown = path.display();
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("{key}: {shown:?} cannot be read: {e}"))?;
+        if meta.len() > Self::FILE_MAX {
+            return Err(format!(
+                "{key}: {shown:?} holds {} bytes; expected a key of at most {}",
+                meta.len(),
+                Self::FILE_MAX
+            ));
+        }
+        let mut bytes =
+            std::fs::read(path).map_err(|e| format!("{key}: {shown:?} cannot be read: {e}"))?;
+        while bytes.last().is_some_and(u8::is_ascii_whitespace) {
+            bytes.pop();
+        }
+        if bytes.len() < Self::MIN_LEN {
+            return Err(format!(
+                "{key}: {shown:?} holds a key of {} bytes; expected at least {} (e.g. made with `openssl rand -hex 32`)",
+                bytes.len(),
+                Self::MIN_LEN
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+impl std::fmt::Debug for SyncKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key itself, not even in a debug dump.
+        match self {
+            SyncKeySource::Inline(k) => write!(f, "Inline(<{} bytes>)", k.len()),
+            SyncKeySource::File(p) => write!(f, "File({p:?})"),
+        }
     }
 }

@@ -185,7 +185,18 @@ fn example_is_what_its_comments_say() {
     let ha = c.ha.unwrap();
     assert_eq!((ha.vrid, ha.priority, ha.interface), (51, 150, 0));
     assert_eq!((ha.advert_interval_ms, ha.garp_count), (100, 5));
-    assert!(ha.preempt && ha.peers.is_empty() && ha.sync.is_none());
+    assert!(ha.preempt && ha.peers.is_empty());
+    let sync = ha.sync.unwrap();
+    assert_eq!(sync.interface, "ens2");
+    assert_eq!(sync.peer, "198.18.9.2:7789".parse().unwrap());
+    assert_eq!(
+        sync.key,
+        vipgate_config::SyncKeySource::File("/etc/vipgate/sync.key".into())
+    );
+    assert_eq!(
+        (sync.heartbeat_ms, sync.dead_ms, sync.refresh_secs),
+        (100, 1000, 30)
+    );
 }
 
 #[test]

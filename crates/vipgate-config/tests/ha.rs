@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use vipgate_config::{Config, Ha};
+use vipgate_config::{Config, Ha, SyncKeySource};
 
 const BASE: &str = r#"
     [workers]
@@ -88,7 +88,11 @@ fn a_full_section_is_read() {
         SocketAddrV4::new(Ipv4Addr::new(198, 18, 9, 1), Ha::DEFAULT_SYNC_PORT)
     );
     assert_eq!(s.peer, "198.18.9.2:7000".parse().unwrap());
-    assert_eq!(s.key, b"0123456789abcdef0123");
+    assert_eq!(
+        s.key,
+        SyncKeySource::Inline(b"0123456789abcdef0123".to_vec())
+    );
+    assert_eq!(s.key.read().unwrap(), b"0123456789abcdef0123");
     assert_eq!(
         (s.heartbeat_ms, s.dead_ms, s.retransmit_ms, s.refresh_secs),
         (50, 300, 20, 10)
@@ -174,7 +178,14 @@ fn the_key_comes_from_exactly_one_place() {
     assert!(sync("")[0].starts_with("ha.sync.key: missing"));
     assert!(sync("key = \"0123456789abcdef\"\nkey_file = \"/k\"")[0]
         .starts_with("ha.sync.key: is set together with ha.sync.key_file"));
-    assert!(sync("key_file = \"/nonexistent/vipgate.key\"")[0]
+    assert!(sync("key = \"short\"")[0].starts_with("ha.sync.key: holds 5 bytes"));
+    assert!(sync("key_file = \"relative.key\"")[0]
+        .starts_with("ha.sync.key_file: \"relative.key\" is not an absolute path"));
+    // The file is read on the host (check, run), not while validating.
+    let missing = SyncKeySource::File("/nonexistent/vipgate.key".into());
+    assert!(missing
+        .read()
+        .unwrap_err()
         .starts_with("ha.sync.key_file: \"/nonexistent/vipgate.key\" cannot be read"));
     let dir = std::env::temp_dir().join(format!("vipgate-key-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -184,11 +195,12 @@ fn the_key_comes_from_exactly_one_place() {
         "[ha]\nvrid = 1\ninterface = \"pub0\"\n[ha.sync]\ninterface = \"s\"\nlocal = \"198.18.9.1\"\npeer = \"198.18.9.2\"\nkey_file = {:?}",
         file.display().to_string()
     ));
+    let key = c.unwrap().ha.unwrap().sync.unwrap().key.read();
+    std::fs::write(&file, "short\n").unwrap();
+    let short = SyncKeySource::File(file.clone()).read();
     std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(
-        c.unwrap().ha.unwrap().sync.unwrap().key,
-        b"a-key-of-twenty-bytes"
-    );
+    assert_eq!(key.unwrap(), b"a-key-of-twenty-bytes");
+    assert!(short.unwrap_err().contains("holds a key of 5 bytes"));
 }
 
 #[test]

@@ -64,6 +64,17 @@ fn host_problems(cfg: &Config) -> Vec<String> {
             ));
         }
     }
+    if let Some(sync) = cfg.ha.as_ref().and_then(|h| h.sync.as_ref()) {
+        if let Err(e) = sync.key.read() {
+            v.push(e);
+        }
+        if vipgate_io::interface_index(&sync.interface).is_err() {
+            v.push(format!(
+                "ha.sync.interface: {:?} does not exist on this host (in this network namespace)",
+                sync.interface
+            ));
+        }
+    }
     v
 }
 

@@ -108,7 +108,14 @@ impl SyncShared {
 ///
 /// # Errors
 /// One line naming `ha.sync`.
-pub(crate) fn bind(cfg: &Sync) -> Result<UdpSocket, String> {
+pub(crate) fn bind(cfg: &Sync) -> Result<(UdpSocket, SyncKey), String> {
+    let secret = cfg.key.read()?;
+    let key = SyncKey::new(&secret).map_err(|_| {
+        format!(
+            "ha.sync.key: shorter than {} bytes",
+            vipgate_config::SyncKeySource::MIN_LEN
+        )
+    })?;
     let socket = UdpSocket::bind(cfg.local)
         .map_err(|e| format!("ha.sync.local: cannot bind {}: {e}", cfg.local))?;
     let name = cfg.interface.as_bytes();
@@ -133,7 +140,7 @@ pub(crate) fn bind(cfg: &Sync) -> Result<UdpSocket, String> {
     socket
         .set_nonblocking(true)
         .map_err(|e| format!("ha.sync: {e}"))?;
-    Ok(socket)
+    Ok((socket, key))
 }
 
 /// Where a table walk is.
@@ -177,17 +184,13 @@ struct Runner<'a> {
 pub(crate) fn run(
     dp: &Dataplane,
     cfg: &Sync,
-    socket: UdpSocket,
+    (socket, key): (UdpSocket, SyncKey),
     workers: u16,
     shared: &SyncShared,
     clock: &(dyn Fn() -> u64 + std::marker::Sync),
     forward: Option<&ArrayQueue<ConnEvent>>,
     forward_dropped: &AtomicU64,
 ) {
-    let Ok(key) = SyncKey::new(&cfg.key) else {
-        tracing::error!("ha.sync.key: too short; sync is off");
-        return;
-    };
     // Grows across restarts, so the peer tells a restarted instance from a replay.
     let epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -4,12 +4,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::{err, file_path, ifname, int, parse_addr, required, unicast, Problems, Result};
 use crate::raw::{RawHa, RawSync};
-use crate::{Ha, Interface, Sync};
-
-/// The shortest key accepted: 128 bits.
-const KEY_MIN: usize = 16;
-/// The longest key file read: a key, not a file someone pointed at by mistake.
-const KEY_FILE_MAX: u64 = 4096;
+use crate::{Ha, Interface, Sync, SyncKeySource};
 
 /// `[ha]` checked against the valid interfaces (`None` when some interface was refused:
 /// the checks that name one are skipped then).
@@ -233,56 +228,35 @@ fn endpoint(v: Option<String>, key: &str) -> Result<SocketAddrV4> {
     Ok(a)
 }
 
-/// The key from exactly one of `key` (the text's bytes) and `key_file` (the file's bytes,
-/// trailing whitespace removed).
-fn key(inline: Option<String>, file: Option<String>) -> Result<Vec<u8>> {
-    let (key, bytes) = match (inline, file) {
-        (Some(_), Some(_)) => {
-            return Err(err(
-                "ha.sync.key",
-                "is set together with ha.sync.key_file; expected one of the two",
-            ))
-        }
-        (None, None) => {
-            return Err(err(
-                "ha.sync.key",
-                format!(
-                    "missing; expected a shared secret of at least {KEY_MIN} bytes, the same \
-                     on both boxes, as ha.sync.key or in the file ha.sync.key_file"
-                ),
-            ))
-        }
-        (Some(k), None) => ("ha.sync.key", k.into_bytes()),
-        (None, Some(f)) => {
-            let key = "ha.sync.key_file";
-            let path = file_path(&f, key, "/etc/vipgate/sync.key")?;
-            let meta = std::fs::metadata(&path)
-                .map_err(|e| err(key, format!("{f:?} cannot be read: {e}")))?;
-            if meta.len() > KEY_FILE_MAX {
-                return Err(err(
-                    key,
-                    format!(
-                        "{f:?} holds {} bytes; expected a key of at most {KEY_FILE_MAX}",
-                        meta.len()
-                    ),
-                ));
-            }
-            let mut bytes =
-                std::fs::read(&path).map_err(|e| err(key, format!("{f:?} cannot be read: {e}")))?;
-            while bytes.last().is_some_and(u8::is_ascii_whitespace) {
-                bytes.pop();
-            }
-            (key, bytes)
-        }
-    };
-    if bytes.len() < KEY_MIN {
-        return Err(err(
-            key,
+/// The key from exactly one of `key` (the text's bytes, checked here) and `key_file` (read
+/// on the host: [`SyncKeySource::read`]).
+fn key(inline: Option<String>, file: Option<String>) -> Result<SyncKeySource> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(err(
+            "ha.sync.key",
+            "is set together with ha.sync.key_file; expected one of the two",
+        )),
+        (None, None) => Err(err(
+            "ha.sync.key",
             format!(
-                "holds {} bytes; expected at least {KEY_MIN} (e.g. the output of `openssl rand -hex 32`)",
-                bytes.len()
+                "missing; expected a shared secret of at least {} bytes, the same on both \
+                 boxes, as ha.sync.key or in the file ha.sync.key_file",
+                SyncKeySource::MIN_LEN
             ),
-        ));
+        )),
+        (Some(k), None) if k.len() < SyncKeySource::MIN_LEN => Err(err(
+            "ha.sync.key",
+            format!(
+                "holds {} bytes; expected at least {} (e.g. the output of `openssl rand -hex 32`)",
+                k.len(),
+                SyncKeySource::MIN_LEN
+            ),
+        )),
+        (Some(k), None) => Ok(SyncKeySource::Inline(k.into_bytes())),
+        (None, Some(f)) => Ok(SyncKeySource::File(file_path(
+            &f,
+            "ha.sync.key_file",
+            "/etc/vipgate/sync.key",
+        )?)),
     }
-    Ok(bytes)
 }
