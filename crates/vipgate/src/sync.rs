@@ -581,16 +581,19 @@ impl Runner<'_> {
         }
     }
 
-    /// A standby may preempt a live master only with its table complete; with no master
-    /// to copy from (the peer is standby too) there is nothing to wait for.
+    /// A standby may preempt a live master only with its table complete. With the peer
+    /// heard and standby too there is nothing to copy; with the peer not heard on the sync
+    /// link, this box can't know its table is complete, so it does not preempt (the
+    /// election still takes over from a master that stopped sending adverts).
     fn update_ready(&mut self, now_ms: u64, active: bool) {
-        let peer_master = self.channel.peer_alive(now_ms)
-            && self
-                .channel
-                .peer()
-                .and_then(|p| p.heartbeat)
-                .is_some_and(|h| h.role == Role::Master);
-        let ready = active || !peer_master || self.bulk_complete;
+        let alive = self.channel.peer_alive(now_ms);
+        let peer_master = self
+            .channel
+            .peer()
+            .and_then(|p| p.heartbeat)
+            .is_some_and(|h| h.role == Role::Master);
+        let ready = active || self.bulk_complete || (alive && !peer_master);
+        let peer_master = alive && peer_master;
         if !active && peer_master && !self.bulk_complete && !self.channel.bulk_requested() {
             self.channel.request_bulk();
         }
