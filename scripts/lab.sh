@@ -12,6 +12,8 @@
 #   inet   198.51.100.130/25 --+                      VIP 203.0.113.10                        +-- h2 198.18.0.11
 #
 # Options:
+#   --ha          the high-availability lab instead (scripts/lab-ha.sh): two gateways, a failover
+#                 under traffic, and the return of the old master
 #   --keep        leave the lab running after the checks, until Ctrl-C, and print commands to try
 #   --mode MODE   XDP attach mode: skb (generic, the config's default) or drv (native)
 # Environment:
@@ -36,6 +38,11 @@ readonly CONFIG=$repo_root/configs/lab.toml
 
 keep=0
 mode=
+for arg in "$@"; do
+    if [[ $arg == --ha ]]; then
+        exec "$repo_root/scripts/lab-ha.sh" "$@"
+    fi
+done
 while (($# > 0)); do
     case $1 in
     --keep) keep=1 ;;

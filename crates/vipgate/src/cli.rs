@@ -464,6 +464,52 @@ fn ha_text(d: &Value) -> String {
             out.push_str(&format!("  {k} {v}\n"));
         }
     }
+    let sync = &d["sync"];
+    if sync.is_object() {
+        let peer = &sync["peer"];
+        out.push_str(&format!(
+            "sync {} -> {} on {}: peer {}{}, ready to preempt {}, bulk copy complete {}\n",
+            s(&sync["local"]),
+            s(&sync["peer_address"]),
+            s(&sync["interface"]),
+            if peer["alive"].as_bool() == Some(true) {
+                "alive"
+            } else {
+                "not heard"
+            },
+            peer["role"]
+                .as_str()
+                .map(|r| format!(" ({r}, {} entries)", s(&peer["conns"])))
+                .unwrap_or_default(),
+            s(&sync["ready_to_preempt"]),
+            s(&sync["bulk_complete"]),
+        ));
+        if let Some(b) = sync["bulk_receiving"].as_object() {
+            out.push_str(&format!(
+                "  receiving a bulk copy: {} of about {}\n",
+                s(&b["received"]),
+                s(&b["estimate"])
+            ));
+        }
+        if let Some(b) = sync["bulk_sending"].as_object() {
+            out.push_str(&format!(
+                "  sending a bulk copy: {} records so far\n",
+                s(&b["offered"])
+            ));
+        }
+        let lag = &sync["lag"];
+        out.push_str(&format!(
+            "  unacknowledged: {} messages, {} records; queued {}\n",
+            s(&lag["unacked_messages"]),
+            s(&lag["unacked_records"]),
+            s(&lag["queued_records"])
+        ));
+        if let Some(c) = sync["counters"].as_object() {
+            for (k, v) in c.iter().filter(|(_, v)| v.as_u64() != Some(0)) {
+                out.push_str(&format!("  {k} {v}\n"));
+            }
+        }
+    }
     out
 }
 
