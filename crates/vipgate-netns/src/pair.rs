@@ -406,20 +406,24 @@ impl Pair {
         Ok(())
     }
 
-    /// Cuts box `i` off the public segment (`connected` false) at the bridge, or joins it
-    /// again: a partition the box itself does not see as a link going down.
+    /// Partitions the public segment between the two boxes for VRRP (`blocked` true: the
+    /// bridge drops every VRRP packet), or heals it. Everything else still crosses, so each
+    /// box keeps reaching the router: both become master, the split brain of a real network
+    /// where the boxes lose sight of each other but not of their neighbors.
     ///
     /// # Errors
-    /// `ip` failed.
-    pub fn set_public_port(&self, i: usize, connected: bool) -> Result<(), String> {
-        let port = ifname::SW_BOX.get(i).ok_or("no such box")?;
-        e(self.pubsw.exec(&[
-            "ip",
-            "link",
-            "set",
-            port,
-            if connected { "up" } else { "down" },
-        ]))
+    /// `nft` failed.
+    pub fn set_vrrp_blocked(&self, blocked: bool) -> Result<(), String> {
+        if blocked {
+            let rules = "table bridge vgpart {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n    ip protocol 112 drop\n  }\n}\n";
+            let path = self.dir.path().join("partition.nft");
+            fs::write(&path, rules).map_err(|e| format!("{}: {e}", path.display()))?;
+            e(self.pubsw.exec(&["nft", "-f", &path.to_string_lossy()]))
+        } else {
+            e(self
+                .pubsw
+                .exec(&["nft", "delete", "table", "bridge", "vgpart"]))
+        }
     }
 
     /// Whether keepalived on box `i` holds the VIP on its public interface (it is master).

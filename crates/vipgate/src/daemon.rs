@@ -352,12 +352,12 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
             let mut election = None;
             if let Some(ha_cfg) = &ha_config {
                 let (dp, shared, clock, unclaimed) = (&dp, &ha_shared, &clock, &gw.host_unclaimed);
-                let ready = sync_config.as_ref().map(|_| &sync_shared.ready);
+                let sync = sync_config.as_ref().map(|_| &sync_shared);
                 election = Some(
                     std::thread::Builder::new()
                         .name("vipgate-ha".into())
                         .spawn_scoped(s, move || {
-                            ha::run(dp, ha_cfg, shared, clock, unclaimed, ready);
+                            ha::run(dp, ha_cfg, shared, clock, unclaimed, sync);
                         })
                         .map_err(|e| format!("ha: cannot start a thread: {e}"))?,
                 );

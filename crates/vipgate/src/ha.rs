@@ -15,6 +15,8 @@ use vipgate_ha::advert::{Advert, AdvertError, GROUP, GROUP_MAC, PROTO_VRRP};
 use vipgate_ha::election::{Election, ElectionConfig, Ignored, Output, Role, Transition};
 use vipgate_wire::arp::{ArpRepr, BROADCAST};
 
+use crate::sync::SyncShared;
+
 /// The longest the thread sleeps between two looks at the host path and its timers.
 const TICK: Duration = Duration::from_millis(1);
 /// How often the data links' carrier is read.
@@ -159,6 +161,10 @@ struct Runner<'a> {
     next_arp: Instant,
     /// Left by an operator: the election is stopped until they ask to join.
     left: bool,
+    /// The election interface has no carrier: the election is stopped until it has.
+    fault: bool,
+    /// While active, the peer said on the sync link that it is master too.
+    split_brain: bool,
     last_advert: Option<Instant>,
     spacings: Vec<u32>,
     spacing_at: usize,
@@ -187,7 +193,7 @@ pub(crate) fn run(
     shared: &HaShared,
     clock: &(dyn Fn() -> u64 + Sync),
     unclaimed: &AtomicU64,
-    ready: Option<&AtomicBool>,
+    sync: Option<&SyncShared>,
 ) {
     let Some(ha) = cfg.ha.clone() else {
         return;
@@ -225,6 +231,8 @@ pub(crate) fn run(
         next_refresh: None,
         next_arp: now,
         left: false,
+        fault: false,
+        split_brain: false,
         last_advert: None,
         spacings: Vec::with_capacity(SPACINGS),
         spacing_at: 0,
@@ -244,15 +252,18 @@ pub(crate) fn run(
         "ha: joining the virtual router"
     );
     r.check_links();
-    let out = r.election.start(clock());
-    r.apply(out);
+    if !r.fault {
+        let out = r.election.start(clock());
+        r.apply(out);
+    }
     let mut next_view = Instant::now();
     while !shared.stop.load(Ordering::Acquire) {
         let now_ms = clock();
         r.receive(now_ms);
         r.take_command(now_ms);
-        if let Some(ready) = ready {
-            r.election.set_ready(ready.load(Ordering::Acquire));
+        if let Some(sync) = sync {
+            r.election.set_ready(sync.ready.load(Ordering::Acquire));
+            r.watch_split_brain(sync.peer_master.load(Ordering::Acquire));
         }
         let out = r.election.poll(clock());
         r.apply(out);
@@ -328,6 +339,11 @@ impl Runner<'_> {
             }
             Command::Join if self.left => {
                 self.left = false;
+                if self.fault {
+                    tracing::info!("ha: joins once the election interface has carrier");
+                    self.publish();
+                    return;
+                }
                 tracing::info!("ha: joining the virtual router again on the operator's request");
                 let out = self.election.start(now_ms);
                 self.apply(out);
@@ -395,6 +411,20 @@ impl Runner<'_> {
         }
         if out.reannounce {
             self.announce_again("another master was on the segment");
+        }
+    }
+
+    /// After two masters (a partition), the one that stays announces again once the other
+    /// yields: the other may have announced last, and if its yielding was caused by our
+    /// advert it sends none that would tell us. The sync link says when it yields.
+    fn watch_split_brain(&mut self, peer_master: bool) {
+        if !self.dp.is_active() {
+            self.split_brain = false;
+        } else if peer_master {
+            self.split_brain = true;
+        } else if self.split_brain {
+            self.split_brain = false;
+            self.announce_again("the other master yielded (a partition healed)");
         }
     }
 
@@ -506,15 +536,37 @@ impl Runner<'_> {
 
     /// Lowers the priority while any data link is down.
     fn check_links(&mut self) {
-        if self.ha.track_link_penalty == 0 {
-            return;
-        }
         let down: Vec<String> = self
             .links
             .iter()
             .filter(|name| !link_up(name))
             .cloned()
             .collect();
+        // Without carrier on the election's own interface this box hears no advert and
+        // reaches nobody there: electing itself would only claim the other segments'
+        // addresses from a master that is alive (keepalived calls this FAULT).
+        let fault = self
+            .links
+            .get(self.iface)
+            .is_some_and(|name| down.contains(name));
+        if fault != self.fault {
+            self.fault = fault;
+            let now_ms = (self.clock)();
+            if fault {
+                tracing::warn!(
+                    "ha: the election interface has no carrier: standing down until it has"
+                );
+                let out = self.election.shutdown();
+                self.apply(out);
+            } else if !self.left {
+                tracing::warn!("ha: the election interface has carrier again: joining");
+                let out = self.election.start(now_ms);
+                self.apply(out);
+            }
+        }
+        if self.ha.track_link_penalty == 0 {
+            return;
+        }
         if down != self.links_down {
             let penalty = if down.is_empty() {
                 0
@@ -563,7 +615,13 @@ impl Runner<'_> {
             })
         });
         let v = json!({
-            "role": if self.left { "left" } else { self.election.role().name() },
+            "role": if self.left {
+                "left"
+            } else if self.fault {
+                "fault"
+            } else {
+                self.election.role().name()
+            },
             "active": self.dp.is_active(),
             "vrid": self.ha.vrid,
             "interface": self.links.get(self.iface),

@@ -55,6 +55,8 @@ const OWN_COUNTERS: [&str; 9] = [
 pub(crate) struct SyncShared {
     /// Whether this box may preempt a live master (see the module documentation).
     pub(crate) ready: AtomicBool,
+    /// Whether the peer is heard on the sync link and says it is master.
+    pub(crate) peer_master: AtomicBool,
     counters: Mutex<Vec<(&'static str, u64)>>,
     view: Mutex<Value>,
     stop: AtomicBool,
@@ -67,6 +69,7 @@ impl SyncShared {
     pub(crate) fn new() -> SyncShared {
         SyncShared {
             ready: AtomicBool::new(false),
+            peer_master: AtomicBool::new(false),
             counters: Mutex::new(Vec::new()),
             view: Mutex::new(json!({})),
             stop: AtomicBool::new(false),
@@ -594,6 +597,9 @@ impl Runner<'_> {
             .is_some_and(|h| h.role == Role::Master);
         let ready = active || self.bulk_complete || (alive && !peer_master);
         let peer_master = alive && peer_master;
+        self.shared
+            .peer_master
+            .store(peer_master, Ordering::Release);
         if !active && peer_master && !self.bulk_complete && !self.channel.bulk_requested() {
             self.channel.request_bulk();
         }
