@@ -65,6 +65,7 @@ fn dataplane() -> Dataplane {
             neighbors: NeighborConfig::default(),
             icmp_rate: 0,
             frame_size: 2048,
+            virtual_mac: None,
         },
         pool_config(2 * FLOWS, 1),
     )

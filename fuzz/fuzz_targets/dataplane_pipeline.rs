@@ -53,6 +53,7 @@ fn dataplane() -> Option<Dataplane> {
         },
         icmp_rate: 5,
         frame_size: BUF,
+        virtual_mac: None,
     };
     let nat = NatConfig {
         capacity: 64,

@@ -386,6 +386,11 @@ pub struct Ha {
     /// Unicast peers on the election's segment; empty uses the multicast group 224.0.0.18
     /// and accepts any sender.
     pub peers: Vec<Ipv4Addr>,
+    /// Whether the active box uses the VRRP virtual MAC 00:00:5e:00:01:VRID for the
+    /// addresses that move, as the source of what it forwards and of its adverts, so that a
+    /// takeover changes no neighbor's ARP cache (switches learn the MAC's new port from the
+    /// first frame).
+    pub virtual_mac: bool,
     /// Gratuitous ARPs per address when this box becomes active.
     pub garp_count: u32,
     /// Milliseconds between them.

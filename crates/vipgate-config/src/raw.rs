@@ -181,6 +181,7 @@ pub(crate) struct RawHa {
     pub(crate) preempt: Option<bool>,
     pub(crate) preempt_delay_ms: Option<Int>,
     pub(crate) peers: Option<Vec<String>>,
+    pub(crate) virtual_mac: Option<bool>,
     pub(crate) garp_count: Option<Int>,
     pub(crate) garp_interval_ms: Option<Int>,
     pub(crate) garp_refresh_secs: Option<Int>,

@@ -44,6 +44,7 @@ fn a_full_section_is_read() {
         preempt = false
         preempt_delay_ms = 2000
         peers = ["203.0.113.3"]
+        virtual_mac = true
         garp_count = 3
         garp_interval_ms = 20
         garp_refresh_secs = 0
@@ -69,7 +70,7 @@ fn a_full_section_is_read() {
         (ha.vrid, ha.priority, ha.interface, ha.advert_interval_ms),
         (51, 150, 0, 10)
     );
-    assert!(!ha.preempt);
+    assert!(!ha.preempt && ha.virtual_mac);
     assert_eq!(ha.preempt_delay_ms, 2000);
     assert_eq!(ha.peers, [Ipv4Addr::new(203, 0, 113, 3)]);
     assert_eq!(
@@ -110,7 +111,7 @@ fn defaults_are_keepalived_like() {
         .ha
         .unwrap();
     assert_eq!((ha.priority, ha.advert_interval_ms), (100, 1000));
-    assert!(ha.preempt && ha.peers.is_empty() && ha.sync.is_none());
+    assert!(ha.preempt && !ha.virtual_mac && ha.peers.is_empty() && ha.sync.is_none());
     assert_eq!(
         (ha.garp_count, ha.garp_refresh_secs, ha.track_link_penalty),
         (5, 60, 50)

@@ -56,6 +56,11 @@ pub struct DataplaneConfig {
     pub icmp_rate: u32,
     /// Largest frame the ports carry (bounds the frames held for resolution).
     pub frame_size: usize,
+    /// The VRRP virtual MAC (00:00:5e:00:01:VRID) the active box uses for the addresses
+    /// that move (VIPs, PAT and virtual addresses) and as the source of what it forwards,
+    /// so neighbors' ARP caches never change on a takeover; `None` uses each interface's
+    /// own MAC.
+    pub virtual_mac: Option<[u8; 6]>,
 }
 
 /// The data plane could not be built.
@@ -121,6 +126,7 @@ pub struct Dataplane {
     /// Bumped to ask worker 0 for a gratuitous ARP announcement at its next tick.
     announce: AtomicU64,
     host: HostPath,
+    virtual_mac: Option<[u8; 6]>,
 }
 
 /// Milliseconds between two reclaim steps of a worker.
@@ -188,6 +194,7 @@ impl Dataplane {
             active: AtomicBool::new(true),
             announce: AtomicU64::new(0),
             host: HostPath::new(HOST_FRAMES, config.frame_size),
+            virtual_mac: config.virtual_mac,
         })
     }
 
@@ -252,6 +259,27 @@ impl Dataplane {
             );
         }
         addrs
+    }
+
+    /// The MAC the active box answers and forwards with on `ifc`: the virtual MAC when
+    /// configured, else the interface's own. A standby never sources the virtual MAC.
+    #[inline]
+    fn active_mac(&self, ifc: &Interface) -> [u8; 6] {
+        match self.virtual_mac {
+            Some(v) if self.is_active() => v,
+            _ => ifc.mac,
+        }
+    }
+
+    /// The MAC to answer ARP for `addr` on `ifc` with: the interface's own address keeps
+    /// the interface's MAC, the addresses that move take [`Dataplane::active_mac`].
+    #[inline]
+    fn arp_mac(&self, ifc: &Interface, addr: Ipv4Addr) -> [u8; 6] {
+        if addr == ifc.addr {
+            ifc.mac
+        } else {
+            self.active_mac(ifc)
+        }
     }
 
     /// Whether interface `ifc` answers ARP for `addr` under `policy` (see
@@ -366,7 +394,7 @@ impl Egress<'_, '_> {
                 let Some(egress) = self.dp.interfaces.get(iface) else {
                     return Action::Release;
                 };
-                if set_macs(frame, mac, egress.mac).is_err() {
+                if set_macs(frame, mac, self.dp.active_mac(egress)).is_err() {
                     return Action::Release;
                 }
                 Action::Send {
@@ -510,7 +538,10 @@ impl<'d> Pipeline<'d> {
             self.worker.counters.drop(DropReason::Truncated);
             return Action::Release;
         };
-        if dst_mac != ifc.mac && dst_mac != BROADCAST {
+        if dst_mac != ifc.mac
+            && dst_mac != BROADCAST
+            && Some(dst_mac) != dp.virtual_mac.as_ref().map(|m| &m[..])
+        {
             // Multicast to a group the control thread subscribed (VRRP adverts) goes up.
             let multicast = dst_mac.first().is_some_and(|b| b & 1 != 0);
             // The group is read in place rather than by a second full parse (which would
@@ -593,7 +624,10 @@ impl<'d> Pipeline<'d> {
             }
         }
         match arp.op {
-            ArpOp::Request if for_us => match arp.reply_to(ifc.mac).emit_frame(buf, None) {
+            ArpOp::Request if for_us => match arp
+                .reply_to(dp.arp_mac(ifc, arp.target_ip))
+                .emit_frame(buf, None)
+            {
                 Ok(n) => {
                     self.counters.arp_replies += 1;
                     Action::Send { iface, len: n }
@@ -789,7 +823,8 @@ impl<'d> Pipeline<'d> {
             let expired = now_ms.saturating_sub(h.since_ms) >= give_up_ms;
             match (mac, dp.interfaces.get(hop.iface)) {
                 (Some(mac), Some(egress)) => {
-                    let (frame, egress_mac) = (h.buf.get(..h.len).unwrap_or(&[]), egress.mac);
+                    let (frame, egress_mac) =
+                        (h.buf.get(..h.len).unwrap_or(&[]), dp.active_mac(egress));
                     let sent = out.emit(hop.iface, &mut |b| {
                         let dst = b.get_mut(..frame.len())?;
                         dst.copy_from_slice(frame);
@@ -844,7 +879,7 @@ impl<'d> Pipeline<'d> {
         };
         for (iface, ifc) in dp.interfaces.iter().enumerate() {
             for addr in dp.arp_addrs(iface, snap.policy()) {
-                let garp = ArpRepr::gratuitous(ifc.mac, addr);
+                let garp = ArpRepr::gratuitous(dp.arp_mac(ifc, addr), addr);
                 let sent = out.emit(iface, &mut |b| garp.emit_frame(b, None).ok());
                 if sent {
                     self.counters.arp_announcements += 1;

@@ -66,6 +66,7 @@ fn dataplane(icmp_rate: u32) -> Dataplane {
         },
         icmp_rate,
         frame_size: BUF,
+        virtual_mac: None,
     };
     let nat = NatConfig {
         capacity: 1024,

@@ -123,3 +123,63 @@ mod tests {
         );
     }
 }
+
+/// Ethernet addresses interface `name` accepts besides its own, for as long as this value
+/// lives: the kernel adds them to the NIC's filter (`PACKET_ADD_MEMBERSHIP`) and removes
+/// them when the socket holding them closes, even if the process dies. A NIC that filters
+/// by address would otherwise drop VRRP's multicast adverts and frames to the VRRP virtual
+/// MAC before XDP sees them.
+#[derive(Debug)]
+pub struct LinkAddresses {
+    _fd: std::os::fd::OwnedFd,
+}
+
+impl LinkAddresses {
+    /// Accepts `addrs` on interface `name`: each multicast (group bit set) or unicast.
+    ///
+    /// # Errors
+    /// No such interface, or the kernel refused (needs CAP_NET_RAW).
+    pub fn add(name: &str, addrs: &[[u8; 6]]) -> io::Result<LinkAddresses> {
+        let index = interface_index(name)?;
+        // SAFETY: plain socket(2); the fd is owned below. Protocol 0: it receives nothing.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh socket that nothing else owns.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        for mac in addrs {
+            // SAFETY: packet_mreq is plain old data; all zeroes is a valid value.
+            let mut mr: libc::packet_mreq = unsafe { std::mem::zeroed() };
+            mr.mr_ifindex = i32::try_from(index).unwrap_or(0);
+            mr.mr_type = if mac[0] & 1 != 0 {
+                libc::PACKET_MR_MULTICAST as u16
+            } else {
+                libc::PACKET_MR_UNICAST as u16
+            };
+            mr.mr_alen = 6;
+            for (d, s) in mr.mr_address.iter_mut().zip(mac) {
+                *d = *s;
+            }
+            // SAFETY: mr is a live packet_mreq of the length given.
+            let rc = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    libc::SOL_PACKET,
+                    libc::PACKET_ADD_MEMBERSHIP,
+                    std::ptr::from_ref(&mr).cast(),
+                    libc::socklen_t::try_from(std::mem::size_of::<libc::packet_mreq>())
+                        .unwrap_or(0),
+                )
+            };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{name}: accepting {mac:02x?}: {e}"),
+                ));
+            }
+        }
+        Ok(LinkAddresses { _fd: fd })
+    }
+}

@@ -77,6 +77,11 @@ fn dataplane_config(cfg: &Config) -> Result<DataplaneConfig, String> {
         },
         icmp_rate: cfg.icmp.rate,
         frame_size: cfg.xdp.frame_size as usize,
+        virtual_mac: cfg
+            .ha
+            .as_ref()
+            .filter(|h| h.virtual_mac)
+            .map(|h| vipgate_ha::advert::virtual_mac(h.vrid)),
     })
 }
 
@@ -182,6 +187,7 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
     if ha_config.is_some() {
         dp.set_active(false);
     }
+    let _link_addresses = ha_config.as_ref().map(ha::link_addresses).transpose()?;
     let ha_shared = HaShared::new();
     let sync_shared = SyncShared::new();
     let sync_socket = sync_config.as_ref().map(sync::bind).transpose()?;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use vipgate_config::{Config, Ha};
 use vipgate_dataplane::Dataplane;
-use vipgate_ha::advert::{Advert, AdvertError, GROUP, GROUP_MAC, PROTO_VRRP};
+use vipgate_ha::advert::{virtual_mac, Advert, AdvertError, GROUP, GROUP_MAC, PROTO_VRRP};
 use vipgate_ha::election::{Election, ElectionConfig, Ignored, Output, Role, Transition};
 use vipgate_wire::arp::{ArpRepr, BROADCAST};
 
@@ -184,6 +184,35 @@ fn advertised(cfg: &Config) -> Vec<Ipv4Addr> {
     );
     v.dedup();
     v
+}
+
+/// Makes every data interface accept the VRRP virtual MAC (with `ha.virtual_mac`) and the
+/// election interface the VRRP group's MAC (without unicast peers), for as long as the
+/// value lives.
+///
+/// # Errors
+/// One line naming the interface.
+pub(crate) fn link_addresses(cfg: &Config) -> Result<Vec<vipgate_io::LinkAddresses>, String> {
+    let Some(ha) = &cfg.ha else {
+        return Ok(Vec::new());
+    };
+    let mut held = Vec::new();
+    for (i, ifc) in cfg.interfaces.iter().enumerate() {
+        let mut macs = Vec::new();
+        if i == ha.interface && ha.peers.is_empty() {
+            macs.push(GROUP_MAC);
+        }
+        if ha.virtual_mac {
+            macs.push(virtual_mac(ha.vrid));
+        }
+        if !macs.is_empty() {
+            held.push(
+                vipgate_io::LinkAddresses::add(&ifc.name, &macs)
+                    .map_err(|e| format!("interfaces[{i}] ({}): {e}", ifc.name))?,
+            );
+        }
+    }
+    Ok(held)
 }
 
 /// Runs the election until [`HaShared::stop`]; a graceful stop sends priority 0 when master.
@@ -491,8 +520,15 @@ impl Runner<'_> {
 
     fn send_to(&self, advert: &Advert, dst_mac: [u8; 6], dst: Ipv4Addr) -> bool {
         let src = self.election.config().own_addr;
+        // A master with the virtual MAC sends its adverts from it (RFC 5798 section 7.3), which
+        // also keeps switches' tables pointing it at this box.
+        let mac = if self.ha.virtual_mac {
+            virtual_mac(self.ha.vrid)
+        } else {
+            self.mac
+        };
         self.dp.host().send(self.iface, |b| {
-            advert.emit_frame(b, self.mac, dst_mac, src, dst).ok()
+            advert.emit_frame(b, mac, dst_mac, src, dst).ok()
         })
     }
 

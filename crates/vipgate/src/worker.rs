@@ -208,6 +208,7 @@ mod tests {
                 neighbors: NeighborConfig::default(),
                 icmp_rate: 10,
                 frame_size: 2048,
+                virtual_mac: None,
             },
             NatConfig {
                 capacity: 256,

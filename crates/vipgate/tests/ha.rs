@@ -732,9 +732,27 @@ enum Failure {
 /// The failover test of one failure mode: every flow keeps working through the failure of
 /// the master and through its return (it preempts only after its bulk copy).
 fn failover(mode: Failure) {
+    failover_with(mode, "");
+}
+
+/// The MAC `ns` has for `addr` in its ARP cache, as `ip neigh` prints it.
+fn neighbor_mac(ns: &Netns, addr: std::net::Ipv4Addr) -> String {
+    let out = ns
+        .exec(&["ip", "neigh", "show", &addr.to_string()])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .unwrap_or("none")
+        .to_string()
+}
+
+fn failover_with(mode: Failure, ha_extra: &str) {
+    let vmac = ha_extra.contains("virtual_mac = true");
     let Some(mut p) = pair([
-        BoxKind::Vipgate(synced_body(0, 200, "")),
-        BoxKind::Vipgate(synced_body(1, 100, "")),
+        BoxKind::Vipgate(synced_body(0, 200, ha_extra)),
+        BoxKind::Vipgate(synced_body(1, 100, ha_extra)),
     ]) else {
         return;
     };
@@ -754,6 +772,12 @@ fn failover(mode: Failure) {
         })
         .unwrap();
     });
+    // With the virtual MAC, neighbors know the moving addresses by it, before and after.
+    const VMAC: &str = "00:00:5e:00:01:33";
+    if vmac {
+        assert_eq!(neighbor_mac(&p.rtr, VIP), VMAC);
+        assert_eq!(neighbor_mac(&p.h1, addr::PRIVATE_VIRTUAL), VMAC);
+    }
     let at = Instant::now();
     match mode {
         Failure::Kill => drop(p.kill(0).unwrap()),
@@ -763,10 +787,19 @@ fn failover(mode: Failure) {
     with_logs(&p, || wait_role(&p, 1, "master"));
     driver.wait_rounds(ROUNDS_AFTER, "rounds after the failure");
     eprintln!(
-        "failover {mode:?}: {} flows kept, longest gap between rounds {:?}",
+        "failover {mode:?}{}: {} flows kept, longest gap between rounds {:?}",
+        if vmac { " (virtual MAC)" } else { "" },
         want,
         driver.gap_since(at)
     );
+    if vmac {
+        assert_eq!(
+            neighbor_mac(&p.rtr, VIP),
+            VMAC,
+            "the router's cache never changed"
+        );
+        assert_eq!(neighbor_mac(&p.h1, addr::PRIVATE_VIRTUAL), VMAC);
+    }
     // The old master returns; with preemption it takes over again, after its bulk copy.
     match mode {
         Failure::LinksDown => p.set_data_links(0, true).unwrap(),
@@ -811,6 +844,11 @@ fn failover_on_data_links_down_keeps_every_connection() {
 #[test]
 fn failover_on_a_graceful_stop_keeps_every_connection() {
     failover(Failure::Stop);
+}
+
+#[test]
+fn failover_with_the_virtual_mac_changes_no_neighbor_cache() {
+    failover_with(Failure::Kill, "virtual_mac = true");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ pub(super) fn ha(raw: RawHa, interfaces: Option<&[Interface]>, p: &mut Problems)
         preempt: raw.preempt.unwrap_or(true),
         preempt_delay_ms: u32::try_from(preempt_delay_ms?).ok()?,
         peers: peers?,
+        virtual_mac: raw.virtual_mac.unwrap_or(false),
         garp_count: u32::try_from(garp_count?).ok()?,
         garp_interval_ms: u32::try_from(garp_interval_ms?).ok()?,
         garp_refresh_secs: u32::try_from(garp_refresh_secs?).ok()?,
