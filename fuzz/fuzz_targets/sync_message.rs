@@ -10,8 +10,8 @@
 use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
-use vipgate_ha::sync::wire::{seal, Header, Kind, SyncMessage, SyncKey, MAX_DATAGRAM};
-use vipgate_ha::sync::{SyncChannel, SyncConfig, RejectReason};
+use vipgate_ha::sync::wire::{seal, Header, Kind, SyncKey, SyncMessage, MAX_DATAGRAM};
+use vipgate_ha::sync::{RejectReason, SyncChannel, SyncConfig};
 use vipgate_nat::{FlowKey, Proto};
 
 /// Our epoch; the peer's epochs in the input are small numbers around it.
@@ -52,7 +52,11 @@ fuzz_target!(|data: &[u8]| {
             epoch: u64::from(epoch % 8),
             seq: u64::from(seq),
             ack: u64::from(ack),
-            ack_epoch: if flags & 1 != 0 { EPOCH } else { u64::from(flags >> 1) },
+            ack_epoch: if flags & 1 != 0 {
+                EPOCH
+            } else {
+                u64::from(flags >> 1)
+            },
         };
         let Ok(bytes) = seal(kind, &header, body, &key) else {
             return;
@@ -75,7 +79,11 @@ fuzz_target!(|data: &[u8]| {
 fn take(ch: &mut SyncChannel, key: &SyncKey, bytes: &[u8], now: u64) {
     let decoded = SyncMessage::decode(bytes, key);
     if let Ok(m) = &decoded {
-        assert_eq!(m.encode(key).as_deref().ok(), Some(bytes), "decoding is canonical");
+        assert_eq!(
+            m.encode(key).as_deref().ok(),
+            Some(bytes),
+            "decoding is canonical"
+        );
     }
     match (ch.receive(bytes, now), decoded) {
         (Err(RejectReason::Forged | RejectReason::Malformed(_)), Ok(_)) => {
@@ -88,7 +96,10 @@ fn take(ch: &mut SyncChannel, key: &SyncKey, bytes: &[u8], now: u64) {
     }
     for d in ch.poll(now) {
         assert!(d.len() <= MAX_DATAGRAM);
-        assert!(SyncMessage::decode(&d, key).is_ok(), "the channel sends what decodes");
+        assert!(
+            SyncMessage::decode(&d, key).is_ok(),
+            "the channel sends what decodes"
+        );
     }
     let lag = ch.lag(now);
     assert!(lag.unacked_messages <= ch.config().window);
