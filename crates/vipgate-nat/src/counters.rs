@@ -145,6 +145,9 @@ pub struct Counters {
     /// Held fragments released, translated, after their first fragment (also counted in
     /// `forwarded` when taken).
     pub frags_released: u64,
+    /// TCP connections picked up mid-stream after a takeover (see
+    /// [`crate::Engine::pick_up_until`]).
+    pub tcp_picked_up: u64,
     drops: [u64; DropReason::COUNT],
 }
 
@@ -202,6 +205,7 @@ impl Counters {
         f("frag_evictions", self.frag_evictions);
         f("frags_held", self.frags_held);
         f("frags_released", self.frags_released);
+        f("tcp_picked_up", self.tcp_picked_up);
         for r in DropReason::ALL {
             f(r.name(), self.drops(r));
         }

@@ -521,6 +521,28 @@ impl Policy {
             })
     }
 
+    /// Whether `addr:port` (`proto`) is the internal end of a DNAT rule or a pool backend: a
+    /// segment from it is a reply of an inbound connection, never a new outbound one. Not on
+    /// the packet path (a linear scan): only a mid-stream pickup asks.
+    pub fn serves(&self, addr: Ipv4Addr, proto: Proto, port: u16) -> bool {
+        let in_pool = |i: usize| {
+            self.pools
+                .get(i)
+                .is_some_and(|p| p.backends.iter().any(|b| b.addr == addr && b.port == port))
+        };
+        self.exact.iter().any(|((_, p, _), t)| {
+            *p == proto.number()
+                && match t {
+                    Target::Host(a, tp) => *a == addr && *tp == port,
+                    Target::Pool(i) => in_pool(usize::from(*i)),
+                }
+        }) || self.ranges.iter().any(|r| {
+            let lo = r.to_port.unwrap_or(r.lo);
+            let hi = lo.saturating_add(r.hi - r.lo);
+            r.proto == proto && r.to == addr && (lo..=hi).contains(&port)
+        })
+    }
+
     /// The backend of pool `pool` for a flow hashing to `hash`, with its [`backend_id`].
     #[inline]
     pub fn pick_backend(&self, pool: u16, hash: u64) -> Option<(u32, &Backend)> {

@@ -1385,3 +1385,86 @@ fn upsert_installs_then_updates_and_deletions_remove() {
         "the mapping stays until it is deleted too"
     );
 }
+
+#[test]
+fn after_a_takeover_mid_stream_segments_are_picked_up_for_a_while() {
+    let mut lab = Lab::new(config());
+    // Before any takeover: only a SYN opens.
+    assert_eq!(
+        lab.dropped(
+            testing::tcp(CLIENT, VIP, 40000, 80, ACK, b"data"),
+            Side::Public,
+            1
+        ),
+        DropReason::TcpNoConn
+    );
+    lab.engine.pick_up_until(10);
+    // An ACK with data opens an established connection to where the SYN would have gone.
+    let out = lab.pass(
+        testing::tcp(CLIENT, VIP, 40000, 80, ACK, b"data"),
+        Side::Public,
+        Side::Private,
+        2,
+    );
+    let l = layout(&out);
+    assert_eq!(l.dst, H2);
+    let key = FlowKey {
+        src: CLIENT,
+        dst: VIP,
+        sport: 40000,
+        dport: 80,
+        proto: Proto::Tcp,
+    };
+    assert_eq!(
+        lab.engine.table().lookup(&key).unwrap().state,
+        vipgate_nat::ConnState::TcpEstablished
+    );
+    assert_eq!(lab.w.counters.tcp_picked_up, 1);
+    // Outbound too: the host keeps its source port.
+    let out = lab.pass(
+        testing::tcp(H1, CLIENT, 3333, 443, ACK, b""),
+        Side::Private,
+        Side::Public,
+        2,
+    );
+    let l = layout(&out);
+    assert_eq!(l.src, PAT_IP);
+    assert!(
+        matches!(
+            l.transport,
+            vipgate_wire::Transport::Tcp { sport: 3333, .. }
+        ),
+        "{:?}",
+        l.transport
+    );
+    // A backend's segment to a client waits for the client's (it is a reply, not outbound).
+    assert_eq!(
+        lab.dropped(
+            testing::tcp(H2, CLIENT2, 8080, 40003, ACK, b"reply"),
+            Side::Private,
+            3
+        ),
+        DropReason::TcpNoConn
+    );
+    // A RST or a SYN-ACK never opens anything, window or not.
+    for flags in [RST, RST | ACK, SYN_ACK] {
+        assert_eq!(
+            lab.dropped(
+                testing::tcp(CLIENT2, VIP, 40001, 80, flags, b""),
+                Side::Public,
+                3
+            ),
+            DropReason::TcpNoConn,
+            "flags {flags:#x}"
+        );
+    }
+    // After the window, back to SYN only.
+    assert_eq!(
+        lab.dropped(
+            testing::tcp(CLIENT2, VIP, 40002, 80, ACK, b""),
+            Side::Public,
+            10
+        ),
+        DropReason::TcpNoConn
+    );
+}

@@ -25,6 +25,10 @@ const LINK_EVERY: Duration = Duration::from_millis(100);
 const ARP_EVERY: Duration = Duration::from_secs(1);
 /// Advert spacings kept for the percentiles `vipgate ha` shows.
 const SPACINGS: usize = 4096;
+/// Seconds after becoming master during which TCP segments other than a SYN may open a
+/// connection (see `Engine::pick_up_until`): long enough for every live connection to send
+/// again, short enough that ACK floods can't build state for long.
+const PICKUP_SECS: u32 = 10;
 /// The shortest time between two extra announcement bursts.
 const REANNOUNCE_MIN: Duration = Duration::from_secs(1);
 /// How long a graceful stop waits for its priority-0 advert to leave.
@@ -400,6 +404,12 @@ impl Runner<'_> {
             match t.to {
                 Role::Master => {
                     self.shared.bump("ha_became_master");
+                    // Connections the sync had not delivered yet (opened in the last
+                    // moments, or lost to a full queue) are picked up at their next segment.
+                    let now_s = u32::try_from((self.clock)() / 1000).unwrap_or(u32::MAX);
+                    self.dp
+                        .engine()
+                        .pick_up_until(now_s.saturating_add(PICKUP_SECS));
                     // set_active announced once; the rest of the burst follows.
                     self.shared.bump("ha_garp_bursts");
                     self.garp_left = self.ha.garp_count.saturating_sub(1);

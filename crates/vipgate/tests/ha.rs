@@ -425,6 +425,20 @@ use vipgate_netns::pair::addr::SYNC;
 use vipgate_netns::topology::addr::{CLIENT, H1, H2};
 use vipgate_netns::Netns;
 
+/// Connections a failover test opens one after the other up to the failure, at most.
+const LATE_MAX: usize = 400;
+
+/// Counter `name` of box `i`, summed over its workers.
+fn stat(p: &Pair, i: usize, name: &str) -> u64 {
+    let out = std::process::Command::new(p.binary())
+        .args(["stats", "--json", "--socket"])
+        .arg(p.control_socket(i))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["total"][name].as_u64().unwrap_or(0)
+}
+
 /// Long-lived TCP connections through the VIP, as the issue asks.
 const FLOWS_TCP: usize = 200;
 /// UDP flows through the VIP (inbound) and through PAT (outbound).
@@ -778,14 +792,67 @@ fn failover_with(mode: Failure, ha_extra: &str) {
         assert_eq!(neighbor_mac(&p.rtr, VIP), VMAC);
         assert_eq!(neighbor_mac(&p.h1, addr::PRIVATE_VIRTUAL), VMAC);
     }
+    // Connections opened one after the other up to the very moment of the failure: the
+    // last ones are younger than the sync's lag.
+    let stop_opening = Arc::new(AtomicBool::new(false));
+    let opener = {
+        let stop = stop_opening.clone();
+        p.client
+            .enter_thread(move || {
+                let mut conns = Vec::new();
+                let end = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed)
+                    && conns.len() < LATE_MAX
+                    && Instant::now() < end
+                {
+                    let dst = SocketAddr::V4(SocketAddrV4::new(VIP, 80));
+                    let Ok(s) = TcpStream::connect_timeout(&dst, DEADLINE) else {
+                        continue;
+                    };
+                    s.set_read_timeout(Some(DEADLINE)).unwrap();
+                    s.set_nodelay(true).unwrap();
+                    let mut r = BufReader::new(s.try_clone().unwrap());
+                    let mut w = s;
+                    w.write_all(b"hello\n").unwrap();
+                    let mut line = String::new();
+                    r.read_line(&mut line).unwrap();
+                    assert_eq!(line, "hello\n");
+                    conns.push((r, w));
+                    thread::sleep(Duration::from_millis(2));
+                }
+                conns
+            })
+            .unwrap()
+    };
+    with_logs(&p, || {
+        poll_until(DEADLINE, "some late connections", || {
+            table_count(&p, 0) >= want + 5
+        })
+        .unwrap();
+    });
     let at = Instant::now();
     match mode {
         Failure::Kill => drop(p.kill(0).unwrap()),
         Failure::LinksDown => p.set_data_links(0, false).unwrap(),
         Failure::Stop => drop(p.stop(0).unwrap()),
     }
+    stop_opening.store(true, Ordering::Relaxed);
+    let mut late = opener.join().unwrap();
     with_logs(&p, || wait_role(&p, 1, "master"));
     driver.wait_rounds(ROUNDS_AFTER, "rounds after the failure");
+    // Every late connection works on the new master, the youngest included.
+    let n = late.len();
+    for (i, (r, w)) in late.iter_mut().enumerate() {
+        w.write_all(b"after\n").unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line)
+            .unwrap_or_else(|e| panic!("late connection {i} of {n}: {e}"));
+        assert_eq!(line, "after\n", "late connection {i} of {n}");
+    }
+    eprintln!(
+        "failover {mode:?}: {n} connections opened up to the failure kept, {} picked up mid-stream",
+        stat(&p, 1, "tcp_picked_up")
+    );
     eprintln!(
         "failover {mode:?}{}: {} flows kept, longest gap between rounds {:?}",
         if vmac { " (virtual MAC)" } else { "" },

@@ -10,7 +10,7 @@ mod sync;
 
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_queue::ArrayQueue;
@@ -201,6 +201,9 @@ pub struct Worker {
     /// The policy this worker translates with. `None` only while the engine lends it out
     /// alongside the worker (see [`Engine::create`]).
     snap: Option<Arc<Snapshot>>,
+    /// Set while the connection being created is a mid-stream pickup: it starts
+    /// established, not in SYN_SENT.
+    picking_up: bool,
 }
 
 impl Worker {
@@ -289,6 +292,8 @@ pub struct Engine {
     events: Vec<ArrayQueue<ConnEvent>>,
     /// Written by the control thread only (flushes).
     flush_events_lost: AtomicU64,
+    /// See [`Engine::pick_up_until`].
+    pickup_until: AtomicU32,
 }
 
 /// The 5-tuple of a translatable datagram, and its TCP flags.
@@ -398,6 +403,14 @@ fn may_open(l: &Layout) -> Result<(), DropReason> {
     }
 }
 
+/// Whether a TCP segment that is not a plain SYN may open a connection during a pickup
+/// window: an ACK without SYN or RST (a RST or a stray SYN-ACK opens nothing).
+#[inline]
+fn may_pick_up(l: &Layout) -> bool {
+    matches!(l.transport, Transport::Tcp { flags, .. }
+        if flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::ACK)
+}
+
 impl Engine {
     /// Builds the engine: checks the policy, allocates the table, the port bitmaps and the
     /// event queues. Nothing is allocated after this on the packet path.
@@ -452,6 +465,7 @@ impl Engine {
             ports,
             events,
             flush_events_lost: AtomicU64::new(0),
+            pickup_until: AtomicU32::new(0),
             config,
         })
     }
@@ -542,7 +556,19 @@ impl Engine {
             hold: FragHold::new(self.config.frag_hold, self.config.frag_timeout),
             reclaim: ReclaimCursor::new(u32::from(id), u32::from(self.config.workers.max(1))),
             snap: Some(self.snapshot()),
+            picking_up: false,
         }
+    }
+
+    /// Lets TCP segments other than a SYN open connections until `until` (seconds of the
+    /// engine's clock), as established ones: after a takeover, a connection the standby
+    /// never heard of (opened in the last moments before the failure, or lost to a full
+    /// sync queue) is picked up at its next segment instead of being dropped. Inbound it
+    /// goes where a SYN would have gone: the DNAT target, or the pool backend Maglev picks,
+    /// the same on both boxes. Outbound it gets a PAT mapping, its own source port when
+    /// free. Outside that window only a SYN opens a TCP connection.
+    pub fn pick_up_until(&self, until: u32) {
+        self.pickup_until.store(until, Ordering::Relaxed);
     }
 
     /// The configuration the engine started with: its sizing fields hold for the engine's
@@ -879,13 +905,32 @@ impl Engine {
             return Created::Done(Verdict::Drop(DropReason::NoRule));
         }
         if let Err(r) = may_open(l) {
-            return Created::Done(Verdict::Drop(r));
+            // A backend's segment to a client is a reply of an inbound connection: picked up
+            // as an outbound one it would take a PAT port and clash with the inbound one the
+            // client's next segment opens. It waits for that.
+            let reply_of_inbound =
+                ingress == Side::Private && snap.policy.serves(key.src, key.proto, key.sport);
+            if !(r == DropReason::TcpNoConn
+                && may_pick_up(l)
+                && !reply_of_inbound
+                && now < self.pickup_until.load(Ordering::Relaxed))
+            {
+                return Created::Done(Verdict::Drop(r));
+            }
+            w.picking_up = true;
         }
-        match (ingress, to_us) {
+        let created = match (ingress, to_us) {
             (Side::Public, _) => self.inbound(snap, w, key, now),
             (Side::Private, true) => self.hairpin(snap, w, key, now),
             (Side::Private, false) => self.outbound(snap, w, key, now),
+        };
+        if w.picking_up {
+            w.picking_up = false;
+            if matches!(created, Created::Conn(..)) {
+                w.counters.tcp_picked_up += 1;
+            }
         }
+        created
     }
 
     /// Where a new flow to one of our addresses goes: a DNAT rule, a pool, or (filtering
@@ -1268,7 +1313,11 @@ fn new_conn(
     NewConn {
         orig: *key,
         reply,
-        state: initial_state(key.proto),
+        state: if w.picking_up {
+            ConnState::TcpEstablished
+        } else {
+            initial_state(key.proto)
+        },
         flags,
         owner: owner_byte(w.id),
         mapping,
