@@ -8,12 +8,35 @@
 //! allocates, never blocks; a full queue or an empty pool drops and counts.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 
 /// Multicast groups the control thread can subscribe at once.
 pub const GROUPS_MAX: usize = 8;
+
+/// Who takes what comes up: each listener has its own queue, so one that is slow or not
+/// running never holds up another's frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The VRRP election.
+    Election = 0,
+    /// The host stack of the health checks (TCP and ICMP to the gateway's addresses).
+    Stack = 1,
+}
+
+impl Listener {
+    const ALL: [Listener; 2] = [Listener::Election, Listener::Stack];
+
+    fn from_tag(tag: u8) -> Option<Listener> {
+        Listener::ALL.get(usize::from(tag).checked_sub(1)?).copied()
+    }
+
+    /// The tag stored in the subscription tables: 0 is "nobody".
+    fn tag(self) -> u8 {
+        self as u8 + 1
+    }
+}
 
 /// A frame on the host path, in a buffer of the path's pool.
 #[derive(Debug)]
@@ -35,12 +58,13 @@ impl HostFrame {
 #[derive(Debug)]
 pub struct HostPath {
     free: ArrayQueue<Box<[u8]>>,
-    up: ArrayQueue<HostFrame>,
+    up: [ArrayQueue<HostFrame>; Listener::ALL.len()],
     down: ArrayQueue<HostFrame>,
-    /// IP protocols to the gateway's own addresses that go up, one bit each.
-    protocols: [AtomicU64; 4],
-    /// Subscribed IPv4 multicast groups, 0 for a free slot.
-    groups: [AtomicU32; GROUPS_MAX],
+    /// For each IP protocol to the gateway's own addresses, the listener's tag (0: none).
+    protocols: [AtomicU8; 256],
+    /// Subscribed IPv4 multicast groups with their listener's tag (group << 8 | tag), 0 for
+    /// a free slot.
+    groups: [AtomicU64; GROUPS_MAX],
     /// Frames the control thread could not send: no buffer or the queue down full.
     send_failed: AtomicU64,
 }
@@ -55,58 +79,73 @@ impl HostPath {
         }
         HostPath {
             free,
-            up: ArrayQueue::new(frames),
+            up: std::array::from_fn(|_| ArrayQueue::new(frames)),
             down: ArrayQueue::new(frames),
-            protocols: std::array::from_fn(|_| AtomicU64::new(0)),
-            groups: std::array::from_fn(|_| AtomicU32::new(0)),
+            protocols: std::array::from_fn(|_| AtomicU8::new(0)),
+            groups: std::array::from_fn(|_| AtomicU64::new(0)),
             send_failed: AtomicU64::new(0),
         }
     }
 
-    /// Frames of IP protocol `proto` to the gateway's own addresses go up from now on.
-    pub fn subscribe_protocol(&self, proto: u8) {
-        if let Some(w) = self.protocols.get(usize::from(proto >> 6)) {
-            w.fetch_or(1 << (proto & 63), Ordering::AcqRel);
+    /// Frames of IP protocol `proto` to the gateway's own addresses go up to `to` from now
+    /// on.
+    pub fn subscribe_protocol(&self, proto: u8, to: Listener) {
+        if let Some(p) = self.protocols.get(usize::from(proto)) {
+            p.store(to.tag(), Ordering::Release);
         }
     }
 
-    /// Whether protocol `proto` goes up.
+    /// Who takes protocol `proto`, if anyone.
     #[inline]
-    pub fn wants_protocol(&self, proto: u8) -> bool {
-        self.protocols
-            .get(usize::from(proto >> 6))
-            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (proto & 63)) != 0)
+    pub fn wants_protocol(&self, proto: u8) -> Option<Listener> {
+        let tag = self
+            .protocols
+            .get(usize::from(proto))?
+            .load(Ordering::Relaxed);
+        Listener::from_tag(tag)
     }
 
-    /// Frames to multicast group `group` go up from now on; false if every slot is taken
-    /// or `group` is not multicast.
-    pub fn subscribe_group(&self, group: Ipv4Addr) -> bool {
+    /// Frames to multicast group `group` go up to `to` from now on; false if every slot is
+    /// taken or `group` is not multicast.
+    pub fn subscribe_group(&self, group: Ipv4Addr, to: Listener) -> bool {
         if !group.is_multicast() {
             return false;
         }
-        let g = u32::from(group);
-        if self.wants_group(group) {
+        if self.wants_group(group).is_some() {
             return true;
         }
+        // Group and listener in one word, so a worker never sees one without the other.
+        let v = (u64::from(u32::from(group)) << 8) | u64::from(to.tag());
         self.groups.iter().any(|slot| {
-            slot.compare_exchange(0, g, Ordering::AcqRel, Ordering::Relaxed)
+            slot.compare_exchange(0, v, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         })
     }
 
     /// Stops taking frames to `group` up.
     pub fn unsubscribe_group(&self, group: Ipv4Addr) {
-        let g = u32::from(group);
+        let g = u64::from(u32::from(group));
         for slot in &self.groups {
-            let _ = slot.compare_exchange(g, 0, Ordering::AcqRel, Ordering::Relaxed);
+            let v = slot.load(Ordering::Acquire);
+            if v >> 8 == g {
+                let _ = slot.compare_exchange(v, 0, Ordering::AcqRel, Ordering::Relaxed);
+            }
         }
     }
 
-    /// Whether `group` is subscribed.
+    /// Who takes frames to `group`, if anyone.
     #[inline]
-    pub fn wants_group(&self, group: Ipv4Addr) -> bool {
-        let g = u32::from(group);
-        g != 0 && self.groups.iter().any(|s| s.load(Ordering::Relaxed) == g)
+    pub fn wants_group(&self, group: Ipv4Addr) -> Option<Listener> {
+        let g = u64::from(u32::from(group));
+        if g == 0 {
+            return None;
+        }
+        self.groups.iter().find_map(|s| {
+            let v = s.load(Ordering::Relaxed);
+            (v >> 8 == g)
+                .then(|| Listener::from_tag((v & 0xff) as u8))
+                .flatten()
+        })
     }
 
     /// Whether any group is subscribed (a quick test before parsing a multicast frame).
@@ -115,9 +154,12 @@ impl HostPath {
         self.groups.iter().any(|s| s.load(Ordering::Relaxed) != 0)
     }
 
-    /// A worker hands `frame`, received on `iface`, up; false (the caller counts it) when
-    /// no buffer is free or the queue up is full.
-    pub fn offer(&self, iface: usize, frame: &[u8]) -> bool {
+    /// A worker hands `frame`, received on `iface`, up to `to`; false (the caller counts
+    /// it) when no buffer is free or that queue is full.
+    pub fn offer(&self, to: Listener, iface: usize, frame: &[u8]) -> bool {
+        let Some(up) = self.up.get(to as usize) else {
+            return false;
+        };
         let Some(mut buf) = self.free.pop() else {
             return false;
         };
@@ -131,7 +173,7 @@ impl HostPath {
             len: frame.len(),
             buf,
         };
-        match self.up.push(f) {
+        match up.push(f) {
             Ok(()) => true,
             Err(f) => {
                 let _ = self.free.push(f.buf);
@@ -140,10 +182,10 @@ impl HostPath {
         }
     }
 
-    /// The control thread takes the next frame that came up; give it back with
+    /// Listener `of` takes the next frame that came up to it; give it back with
     /// [`HostPath::recycle`].
-    pub fn receive(&self) -> Option<HostFrame> {
-        self.up.pop()
+    pub fn receive(&self, of: Listener) -> Option<HostFrame> {
+        self.up.get(of as usize)?.pop()
     }
 
     /// Returns a frame's buffer to the pool.
@@ -201,16 +243,25 @@ mod tests {
     #[test]
     fn frames_go_up_and_down_and_buffers_come_back() {
         let h = HostPath::new(2, 64);
-        assert!(h.offer(1, b"abc"));
-        assert!(h.offer(0, b"de"));
+        assert!(h.offer(Listener::Stack, 1, b"abc"));
+        assert!(h.offer(Listener::Election, 0, b"de"));
         assert!(
-            !h.offer(0, b"f"),
+            !h.offer(Listener::Stack, 0, b"f"),
             "the pool is empty: dropped, never blocked"
         );
-        let f = h.receive().unwrap();
-        assert_eq!((f.iface, f.data()), (1, &b"abc"[..]));
-        h.recycle(f);
-        assert!(!h.offer(0, &[0u8; 65]), "longer than a buffer");
+        assert!(h.receive(Listener::Stack).is_some_and(|f| {
+            let ok = (f.iface, f.data()) == (1, &b"abc"[..]);
+            h.recycle(f);
+            ok
+        }));
+        assert!(
+            h.receive(Listener::Stack).is_none(),
+            "each listener its own queue"
+        );
+        assert!(
+            !h.offer(Listener::Stack, 0, &[0u8; 65]),
+            "longer than a buffer"
+        );
         assert!(h.send(3, |b| {
             b[..2].copy_from_slice(b"hi");
             Some(2)
@@ -220,7 +271,9 @@ mod tests {
         let d = h.next_down().unwrap();
         assert_eq!((d.iface, d.data()), (3, &b"hi"[..]));
         h.recycle(d);
-        h.recycle(h.receive().unwrap());
+        let e = h.receive(Listener::Election).unwrap();
+        assert_eq!(e.data(), b"de");
+        h.recycle(e);
         assert!(!h.send(0, |_| None));
         assert_eq!(h.free.len(), 2, "every buffer is back");
     }
@@ -228,23 +281,33 @@ mod tests {
     #[test]
     fn subscriptions() {
         let h = HostPath::new(1, 64);
-        assert!(!h.wants_protocol(112));
-        h.subscribe_protocol(112);
-        h.subscribe_protocol(255);
-        assert!(h.wants_protocol(112) && h.wants_protocol(255) && !h.wants_protocol(6));
+        assert_eq!(h.wants_protocol(112), None);
+        h.subscribe_protocol(112, Listener::Election);
+        h.subscribe_protocol(6, Listener::Stack);
+        h.subscribe_protocol(255, Listener::Stack);
+        assert_eq!(h.wants_protocol(112), Some(Listener::Election));
+        assert_eq!(h.wants_protocol(6), Some(Listener::Stack));
+        assert_eq!(h.wants_protocol(255), Some(Listener::Stack));
+        assert_eq!(h.wants_protocol(17), None);
         let vrrp = Ipv4Addr::new(224, 0, 0, 18);
         assert!(!h.any_group());
-        assert!(!h.subscribe_group(Ipv4Addr::new(10, 0, 0, 1)));
-        assert!(h.subscribe_group(vrrp) && h.subscribe_group(vrrp));
-        assert!(h.wants_group(vrrp) && h.any_group());
+        assert!(!h.subscribe_group(Ipv4Addr::new(10, 0, 0, 1), Listener::Election));
+        assert!(h.subscribe_group(vrrp, Listener::Election));
+        assert!(h.subscribe_group(vrrp, Listener::Election));
+        assert_eq!(h.wants_group(vrrp), Some(Listener::Election));
+        assert!(h.any_group());
         for i in 1..GROUPS_MAX as u8 {
-            assert!(h.subscribe_group(Ipv4Addr::new(239, 0, 0, i)));
+            assert!(h.subscribe_group(Ipv4Addr::new(239, 0, 0, i), Listener::Stack));
         }
         assert!(
-            !h.subscribe_group(Ipv4Addr::new(239, 1, 1, 1)),
+            !h.subscribe_group(Ipv4Addr::new(239, 1, 1, 1), Listener::Stack),
             "slots full"
         );
+        assert_eq!(
+            h.wants_group(Ipv4Addr::new(239, 0, 0, 3)),
+            Some(Listener::Stack)
+        );
         h.unsubscribe_group(vrrp);
-        assert!(!h.wants_group(vrrp));
+        assert_eq!(h.wants_group(vrrp), None);
     }
 }

@@ -13,7 +13,7 @@ pub mod pipeline;
 pub mod route;
 
 pub use counters::DataplaneCounters;
-pub use host::{HostFrame, HostPath};
+pub use host::{HostFrame, HostPath, Listener};
 pub use neighbor::{NeighborConfig, NeighborTable, Resolution};
 pub use pipeline::{Action, Dataplane, DataplaneConfig, DataplaneError, Emit, Interface, Pipeline};
 pub use route::{NextHop, Route, Routes};

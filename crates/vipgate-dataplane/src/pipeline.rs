@@ -19,7 +19,7 @@ use vipgate_wire::rewrite::{decrement_ttl, echo_request_to_reply, set_macs};
 use vipgate_wire::{Layout, Parsed, Transport};
 
 use crate::counters::DataplaneCounters;
-use crate::host::HostPath;
+use crate::host::{HostPath, Listener};
 use crate::icmp::{may_answer, time_exceeded_in_place};
 use crate::neighbor::{NeighborConfig, NeighborTable, Resolution};
 use crate::route::{NextHop, Route, Routes};
@@ -552,8 +552,8 @@ impl<'d> Pipeline<'d> {
                     (Some([0x08, 0x00]), Some(&[a, b, c, d])) => Some(Ipv4Addr::new(a, b, c, d)),
                     _ => None,
                 };
-                if group.is_some_and(|g| dp.host.wants_group(g)) {
-                    return self.up(iface, frame);
+                if let Some(to) = group.and_then(|g| dp.host.wants_group(g)) {
+                    return self.up(to, iface, frame);
                 }
             }
             self.counters.drop_other_mac += 1;
@@ -663,9 +663,9 @@ impl<'d> Pipeline<'d> {
             // The control thread's host stack takes what it subscribed to; the data plane
             // answers pings in place, as any router does, and drops the rest.
             let answered_here = echo_request && !l.is_fragment();
-            if !answered_here && dp.host.wants_protocol(l.proto) {
+            if let Some(to) = dp.host.wants_protocol(l.proto).filter(|_| !answered_here) {
                 return match buf.get(..len) {
-                    Some(frame) => self.up(iface, frame),
+                    Some(frame) => self.up(to, iface, frame),
                     None => Action::Release,
                 };
             }
@@ -710,8 +710,8 @@ impl<'d> Pipeline<'d> {
     }
 
     /// Hands a frame up the host path.
-    fn up(&mut self, iface: usize, frame: &[u8]) -> Action {
-        if self.dp.host.offer(iface, frame) {
+    fn up(&mut self, to: Listener, iface: usize, frame: &[u8]) -> Action {
+        if self.dp.host.offer(to, iface, frame) {
             self.counters.host_rx += 1;
         } else {
             self.counters.drop_host_full += 1;

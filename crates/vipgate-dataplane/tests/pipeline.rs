@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use proptest::prelude::*;
 use vipgate_dataplane::{
-    Action, Dataplane, DataplaneConfig, Emit, Interface, NeighborConfig, Pipeline, Route,
+    Action, Dataplane, DataplaneConfig, Emit, Interface, Listener, NeighborConfig, Pipeline, Route,
 };
 use vipgate_nat::counters::DropReason;
 use vipgate_nat::policy::{DnatRule, Ipv4Net, NatConfig, PatRule};
@@ -586,21 +586,23 @@ fn the_host_path_carries_what_the_control_thread_subscribed_both_ways() {
     assert_eq!(run(&mut p, PUB, &to_gw, 0, &mut out).0, Action::Release);
     assert_eq!(counter(&p, "drop_other_mac"), 1);
     assert_eq!(counter(&p, "drop_to_gateway"), 1);
-    assert!(dp.host().receive().is_none());
+    assert!(dp.host().receive(Listener::Stack).is_none());
 
-    assert!(dp.host().subscribe_group(Ipv4Addr::new(224, 0, 0, 18)));
-    dp.host().subscribe_protocol(6);
+    assert!(dp
+        .host()
+        .subscribe_group(Ipv4Addr::new(224, 0, 0, 18), Listener::Election));
+    dp.host().subscribe_protocol(6, Listener::Stack);
     assert_eq!(run(&mut p, PUB, &advert, 1, &mut out).0, Action::Release);
     assert_eq!(run(&mut p, PUB, &to_gw, 1, &mut out).0, Action::Release);
-    let up = dp.host().receive().unwrap();
+    let up = dp.host().receive(Listener::Election).unwrap();
     assert_eq!((up.iface, up.data()), (PUB, &advert[..]));
     dp.host().recycle(up);
-    let up = dp.host().receive().unwrap();
+    let up = dp.host().receive(Listener::Stack).unwrap();
     assert_eq!((up.iface, up.data()), (PUB, &to_gw[..]));
     dp.host().recycle(up);
     assert_eq!(counter(&p, "host_rx"), 2);
     // Pings to the gateway are still answered in place, even with ICMP subscribed.
-    dp.host().subscribe_protocol(1);
+    dp.host().subscribe_protocol(1, Listener::Stack);
     let ping = to(
         testing::icmp_echo(CLIENT, PUB_IP, true, 1, 1),
         PUB_MAC,
@@ -613,7 +615,7 @@ fn the_host_path_carries_what_the_control_thread_subscribed_both_ways() {
     // A standby box still hears its peer.
     dp.set_active(false);
     run(&mut p, PUB, &advert, 3, &mut out);
-    assert!(dp.host().receive().is_some());
+    assert!(dp.host().receive(Listener::Election).is_some());
 
     // Down: the control thread's frame leaves at the worker's next tick, as built.
     let garp = ArpRepr::gratuitous(PUB_MAC, VIP);
@@ -630,7 +632,7 @@ fn a_full_host_path_drops_and_counts_without_blocking() {
     let dp = dataplane(10);
     let mut p = dp.pipeline(0);
     let mut out = Sent::default();
-    dp.host().subscribe_protocol(6);
+    dp.host().subscribe_protocol(6, Listener::Stack);
     let to_gw = to(
         testing::tcp(CLIENT, PUB_IP, 40000, 179, 0x02, b""),
         PUB_MAC,

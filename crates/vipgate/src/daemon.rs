@@ -9,7 +9,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use vipgate_config::{Config, XdpMode};
-use vipgate_dataplane::{Dataplane, DataplaneConfig, Interface, NeighborConfig, Pipeline, Route};
+use vipgate_dataplane::{
+    Dataplane, DataplaneConfig, Interface, Listener, NeighborConfig, Pipeline, Route,
+};
 use vipgate_io::{Ports, XdpOptions, XdpPorts, XdpProgram};
 use vipgate_nat::policy::Ipv4Net;
 use vipgate_nat::Engine;
@@ -432,9 +434,9 @@ fn control_loop(listener: &UnixListener, gw: &Gateway<'_>) {
         if control::wait_readable(listener, CONTROL_TICK) {
             control::serve_pending(listener, gw);
         }
-        // The election thread takes the host path when it runs; otherwise nothing
-        // subscribed, and a frame that came up anyway goes back to the pool, counted.
-        while let Some(f) = gw.ha.is_none().then(|| gw.dp.host().receive()).flatten() {
+        // The host stack's queue has no reader yet (health checks will take it): a frame
+        // that came up anyway goes back to the pool, counted. The election reads its own.
+        while let Some(f) = gw.dp.host().receive(Listener::Stack) {
             gw.host_unclaimed.fetch_add(1, Ordering::Relaxed);
             gw.dp.host().recycle(f);
         }

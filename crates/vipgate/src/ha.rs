@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vipgate_config::{Config, Ha};
-use vipgate_dataplane::Dataplane;
+use vipgate_dataplane::{Dataplane, Listener};
 use vipgate_ha::advert::{virtual_mac, Advert, AdvertError, GROUP, GROUP_MAC, PROTO_VRRP};
 use vipgate_ha::election::{Election, ElectionConfig, Ignored, Output, Role, Transition};
 use vipgate_wire::arp::{ArpRepr, BROADCAST};
@@ -244,10 +244,10 @@ pub(crate) fn run(
         own_addr: ifc.addr,
         addrs: advertised(cfg),
     });
-    if ha.peers.is_empty() && !dp.host().subscribe_group(GROUP) {
+    if ha.peers.is_empty() && !dp.host().subscribe_group(GROUP, Listener::Election) {
         tracing::error!("ha: no free multicast slot on the host path for 224.0.0.18");
     }
-    dp.host().subscribe_protocol(PROTO_VRRP);
+    dp.host().subscribe_protocol(PROTO_VRRP, Listener::Election);
     let now = Instant::now();
     let mut r = Runner {
         dp,
@@ -321,7 +321,7 @@ pub(crate) fn run(
 
 impl Runner<'_> {
     fn receive(&mut self, now_ms: u64) {
-        while let Some(f) = self.dp.host().receive() {
+        while let Some(f) = self.dp.host().receive(Listener::Election) {
             if f.iface != self.iface {
                 self.unclaimed.fetch_add(1, Ordering::Relaxed);
                 self.dp.host().recycle(f);
