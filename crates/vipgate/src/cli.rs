@@ -112,6 +112,26 @@ pub(crate) enum Command {
     Active(Common),
     /// High availability: role, peer, priority, advert timing, counters
     Ha(Common),
+    /// Pool backends: weight, whether in service, drained, live connections
+    Backends(Common),
+    /// Give a pool backend no new connections (weight 0); its connections go on
+    Drain {
+        #[command(flatten)]
+        common: Common,
+        /// The pool's name
+        pool: String,
+        /// The backend: ADDRESS:PORT, or ADDRESS when only one backend of the pool has it
+        backend: String,
+    },
+    /// Put a drained backend back into the pool
+    Undrain {
+        #[command(flatten)]
+        common: Common,
+        /// The pool's name
+        pool: String,
+        /// The backend: ADDRESS:PORT, or ADDRESS when only one backend of the pool has it
+        backend: String,
+    },
 }
 
 /// Options of every subcommand that talks to the daemon.
@@ -399,6 +419,51 @@ fn human(req: &Request, d: &Value) -> String {
             s(&d["flushed"])
         ),
         Request::Ha => ha_text(d),
+        Request::Backends => {
+            let mut rows = vec![[
+                "pool",
+                "vip",
+                "backend",
+                "weight",
+                "in_service",
+                "drained",
+                "conns",
+            ]
+            .map(String::from)
+            .to_vec()];
+            for b in d["backends"].as_array().into_iter().flatten() {
+                rows.push(
+                    [
+                        "pool",
+                        "vip",
+                        "backend",
+                        "weight",
+                        "in_service",
+                        "drained",
+                        "conns",
+                    ]
+                    .iter()
+                    .map(|k| s(&b[*k]))
+                    .collect(),
+                );
+            }
+            table(&rows)
+        }
+        Request::Drain { .. } | Request::Undrain { .. } => format!(
+            "{} {} in pool {}: {}\n",
+            if d["drained"].as_bool() == Some(true) {
+                "drained"
+            } else {
+                "in service"
+            },
+            s(&d["backend"]),
+            s(&d["pool"]),
+            if d["changed"].as_bool() == Some(true) {
+                "changed"
+            } else {
+                "unchanged"
+            }
+        ),
         Request::Standby | Request::Active => format!(
             "role {}{}\n",
             s(&d["role"]),
@@ -526,7 +591,7 @@ mod tests {
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
         for sub in [
             "run", "check", "status", "stats", "conns", "vips", "flush", "reload", "standby",
-            "active", "ha",
+            "active", "ha", "backends", "drain", "undrain",
         ] {
             let e = Cli::try_parse_from(["vipgate", sub, "--help"]).unwrap_err();
             assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{sub}");

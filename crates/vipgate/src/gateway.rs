@@ -17,6 +17,7 @@ use vipgate_nat::engine::{conn_flags, Endpoints, NO_BACKEND};
 use vipgate_nat::policy::backend_id;
 use vipgate_nat::{ConnId, ConnRecord, ConnState, Proto};
 
+use crate::backends::BackendStates;
 use crate::events::EventLogCounters;
 use crate::ha::{Command, HaShared};
 use crate::live::Live;
@@ -52,6 +53,8 @@ pub(crate) struct Gateway<'a> {
     pub(crate) ha: Option<&'a HaShared>,
     /// State sync, when `[ha.sync]` is configured.
     pub(crate) sync: Option<&'a SyncShared>,
+    /// Backends drained by operators.
+    pub(crate) backends: Mutex<BackendStates>,
     /// (milliseconds, rx frames, tx frames) at the last two rate samples.
     rate: Mutex<(RateSample, RateSample)>,
 }
@@ -158,6 +161,7 @@ impl<'a> Gateway<'a> {
             host_unclaimed: AtomicU64::new(0),
             ha,
             sync,
+            backends: Mutex::new(BackendStates::default()),
             rate: Mutex::new(((0, 0, 0), (0, 0, 0))),
         }
     }
@@ -282,6 +286,14 @@ impl<'a> Gateway<'a> {
             },
             Request::Standby => self.set_active(false),
             Request::Active => self.set_active(true),
+            Request::Backends => {
+                let cfg = self.config.lock().unwrap_or_else(|e| e.into_inner());
+                let g = self.gauges();
+                let states = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+                ok(states.list(&cfg.nat, |id| g.per_backend.get(&id).copied().unwrap_or(0)))
+            }
+            Request::Drain { pool, backend } => self.drain(&pool, &backend, true),
+            Request::Undrain { pool, backend } => self.drain(&pool, &backend, false),
             Request::Ha => ok(match self.ha {
                 Some(h) => {
                     let mut v = h.view();
@@ -515,11 +527,12 @@ impl<'a> Gateway<'a> {
                 "{key}: changed, and it can only change with a restart; nothing was reloaded"
             ));
         }
-        let generation = self
-            .dp
-            .engine()
-            .publish_compiled(&new.nat, new.policy.0.clone())
-            .map_err(|e| format!("nat: {e}; nothing was reloaded"))?;
+        let generation = {
+            let mut states = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+            states.retain(&new.nat);
+            self.publish(&new, &states)
+                .map_err(|e| format!("{e}; nothing was reloaded"))?
+        };
         self.dp.set_icmp_rate(new.icmp.rate);
         // Addresses may have come or gone: tell the neighbors at once.
         self.dp.request_announce();
@@ -531,6 +544,46 @@ impl<'a> Gateway<'a> {
             0
         };
         Ok(json!({ "generation": generation, "flushed": flushed }))
+    }
+
+    /// Publishes `cfg`'s policy with the backends out of service at weight 0; the new
+    /// generation.
+    fn publish(&self, cfg: &Config, states: &BackendStates) -> Result<u64, String> {
+        let engine = self.dp.engine();
+        match states.effective(&cfg.nat) {
+            None => engine.publish_compiled(&cfg.nat, cfg.policy.0.clone()),
+            Some(nat) => engine.publish(&nat),
+        }
+        .map_err(|e| format!("nat: {e}"))
+    }
+
+    /// `vipgate drain` (`drained` true) and `vipgate undrain`.
+    fn drain(&self, pool: &str, backend: &str, drained: bool) -> Value {
+        let cfg = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let id = match crate::backends::find(&cfg.nat, pool, backend) {
+            Ok(id) => id,
+            Err(e) => return error(e),
+        };
+        let mut states = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = states.set_drained(id, drained);
+        if changed {
+            if let Err(e) = self.publish(&cfg, &states) {
+                states.set_drained(id, !drained);
+                return error(e);
+            }
+            tracing::info!(
+                pool,
+                backend,
+                drained,
+                "backend {} by the operator",
+                if drained {
+                    "drained"
+                } else {
+                    "back in service"
+                }
+            );
+        }
+        ok(json!({ "pool": pool, "backend": backend, "drained": drained, "changed": changed }))
     }
 
     fn set_active(&self, active: bool) -> Value {

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use vipgate_config::{Config, LogFormat};
 
+mod backends;
 mod cli;
 mod control;
 mod daemon;
@@ -157,5 +158,16 @@ fn main() -> ExitCode {
         Command::Standby(c) => cli::client(&c, Request::Standby),
         Command::Active(c) => cli::client(&c, Request::Active),
         Command::Ha(c) => cli::client(&c, Request::Ha),
+        Command::Backends(c) => cli::client(&c, Request::Backends),
+        Command::Drain {
+            common,
+            pool,
+            backend,
+        } => cli::client(&common, Request::Drain { pool, backend }),
+        Command::Undrain {
+            common,
+            pool,
+            backend,
+        } => cli::client(&common, Request::Undrain { pool, backend }),
     }
 }

@@ -123,12 +123,20 @@ pub(crate) fn render(gw: &Gateway<'_>) -> String {
     }
     reg.register("vip_conns", "live connections per public address", per_vip);
     let per_backend = Family::<Labels, Gauge<i64>>::default();
-    for (pool, backend, id, _) in gw.backends() {
+    let in_service = Family::<Labels, Gauge<i64>>::default();
+    for (pool, backend, id, weight) in gw.backends() {
         let n = g.per_backend.get(&id).copied().unwrap_or(0);
+        let labels = vec![label("pool", pool), label("backend", backend)];
         per_backend
-            .get_or_create(&vec![label("pool", pool), label("backend", backend)])
+            .get_or_create(&labels)
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+        in_service.get_or_create(&labels).set(i64::from(weight > 0));
     }
+    reg.register(
+        "backend_in_service",
+        "1 while a pool backend gets new connections (weight above 0, not drained)",
+        in_service,
+    );
     reg.register(
         "backend_conns",
         "live connections per pool backend",

@@ -85,6 +85,22 @@ pub enum Request {
     Active,
     /// The election and state sync: role, peer, priority, counters.
     Ha,
+    /// Pool backends: weight, state, live connections.
+    Backends,
+    /// Takes a pool backend out of new-connection assignment; its connections go on.
+    Drain {
+        /// The pool's name.
+        pool: String,
+        /// `address:port`, or `address` when only one backend of the pool has it.
+        backend: String,
+    },
+    /// Puts a drained backend back.
+    Undrain {
+        /// The pool's name.
+        pool: String,
+        /// As for [`Request::Drain`].
+        backend: String,
+    },
 }
 
 /// A success answer.

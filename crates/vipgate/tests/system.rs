@@ -1752,3 +1752,90 @@ fn a_full_table_is_said_in_the_log() {
     });
     drop(web);
 }
+
+/// `vipgate backends`, `drain` and `undrain`: a drained backend gets no new connection, its
+/// long-lived ones go on, a reload keeps it drained, and undrain puts it back.
+#[test]
+fn a_drained_backend_gets_no_new_connections_and_keeps_its_own() {
+    let Some(t) = topology_with(&format!("{CONFIG_BODY}{RELOAD_BEFORE}"), &[]) else {
+        return;
+    };
+    let s1 = TcpService::start(&t.h1, sa(H1, 80));
+    let s2 = TcpService::start(&t.h2, sa(H2, 80));
+    with_log(&t, || {
+        let conns_of = |addr: &str| -> u64 {
+            let b = cli_json(&t, &["backends"]);
+            b["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["pool"] == "a" && r["backend"] == addr)
+                .unwrap_or_else(|| panic!("{addr} in {b}"))["conns"]
+                .as_u64()
+                .unwrap()
+        };
+        let open = |n: usize| -> Vec<TcpStream> {
+            t.client
+                .run(move || {
+                    (0..n)
+                        .map(|_| {
+                            let c = connect(sa(VIP, 8080));
+                            let mut w = &c;
+                            writeln!(w, "ECHO").unwrap();
+                            assert_eq!(read_line(&c), "ECHO");
+                            c
+                        })
+                        .collect()
+                })
+                .unwrap()
+        };
+        let before = open(20);
+        let on_h2 = conns_of("198.18.0.11:80");
+        assert!(on_h2 > 0, "Maglev gave h2 some of 20 connections");
+
+        let drained = cli_json(&t, &["drain", "a", "198.18.0.11"]);
+        assert_eq!(drained["changed"], true, "{drained}");
+        let b = cli_json(&t, &["backends"]);
+        let h2 = b["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["backend"] == "198.18.0.11:80" && r["pool"] == "a")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (h2["drained"].clone(), h2["in_service"].clone()),
+            (true.into(), false.into())
+        );
+        let (code, _, err) = cli(&t, &["drain", "a", "198.18.0.99"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("198.18.0.10:80, 198.18.0.11:80"), "{err}");
+
+        // New connections all go to h1; the old ones on h2 go on.
+        let after = open(40);
+        assert_eq!(conns_of("198.18.0.11:80"), on_h2, "no new connection on h2");
+        for (i, c) in before.iter().enumerate() {
+            assert_eq!(echo(c, &format!("still {i}")), format!("still {i}"));
+        }
+        // A reload of the same file keeps the drain.
+        assert_eq!(cli_json(&t, &["reload"])["generation"], 3);
+        let more = open(20);
+        assert_eq!(
+            conns_of("198.18.0.11:80"),
+            on_h2,
+            "still drained after reload"
+        );
+
+        assert_eq!(
+            cli_json(&t, &["undrain", "a", "198.18.0.11:80"])["changed"],
+            true
+        );
+        let back = open(40);
+        assert!(
+            conns_of("198.18.0.11:80") > on_h2,
+            "h2 gets new connections again"
+        );
+        drop((after, more, back));
+    });
+    drop((s1, s2));
+}
