@@ -52,6 +52,7 @@ fn engine(eif: bool) -> Engine {
                 },
             ],
             table_size: 101,
+            when_empty: Default::default(),
         }],
         pat: vec![PatRule {
             from: vec![Ipv4Net {

@@ -111,6 +111,7 @@ pub(crate) struct RawPool {
     pub(crate) port: Option<Int>,
     pub(crate) table_size: Option<Int>,
     pub(crate) backends: Option<Vec<RawBackend>>,
+    pub(crate) when_empty: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

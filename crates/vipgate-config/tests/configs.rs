@@ -162,6 +162,10 @@ fn example_is_what_its_comments_say() {
     );
     assert_eq!(c.nat.pools[0].backends[2].weight, 2);
     assert_eq!(
+        c.nat.pools[0].when_empty,
+        vipgate_nat::policy::EmptyPool::Reject
+    );
+    assert_eq!(
         c.nat.pat[0].from,
         vec![net("10.20.0.0/24"), net("10.30.0.0/16")]
     );
@@ -1043,5 +1047,30 @@ fn process_environment_is_read_by_load() {
     assert_eq!(
         Config::load(&lab()).unwrap(),
         Config::load_with_env(&lab(), no_env()).unwrap()
+    );
+}
+
+#[test]
+fn when_empty_is_reject_or_drop() {
+    let pool = |when: &str| {
+        format!(
+            "{MINIMAL}\n[[nat.pools]]\nname = \"p\"\nvip = \"203.0.113.10\"\nproto = \"tcp\"\nport = 80\nbackends = [{{ addr = \"198.18.0.10\", port = 80 }}]\n{when}"
+        )
+    };
+    let c = Config::from_toml_str(&pool("when_empty = \"drop\""), no_env()).unwrap();
+    assert_eq!(
+        c.nat.pools[0].when_empty,
+        vipgate_nat::policy::EmptyPool::Drop
+    );
+    let c = Config::from_toml_str(&pool(""), no_env()).unwrap();
+    assert_eq!(
+        c.nat.pools[0].when_empty,
+        vipgate_nat::policy::EmptyPool::Reject
+    );
+    let p = problems_of(&pool("when_empty = \"refuse\""));
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].starts_with("nat.pools[0].when_empty: \"refuse\" is not a choice"),
+        "{p:?}"
     );
 }

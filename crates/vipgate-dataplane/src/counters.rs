@@ -41,6 +41,10 @@ pub struct DataplaneCounters {
     pub icmp_time_exceeded: u64,
     /// ICMP errors not sent because of the rate limit.
     pub icmp_rate_limited: u64,
+    /// New TCP connections to a pool with no backend in service refused with a RST.
+    pub empty_pool_resets: u64,
+    /// New UDP flows to such a pool refused with an ICMP port unreachable.
+    pub empty_pool_unreachables: u64,
     /// Echo requests to an interface address answered.
     pub gateway_echo_replies: u64,
     /// Frames not sent because no buffer was free.
@@ -66,7 +70,7 @@ impl DataplaneCounters {
     }
 
     /// Every counter as (name, value), for logs and the shutdown report.
-    pub fn named(&self) -> [(&'static str, u64); 24] {
+    pub fn named(&self) -> [(&'static str, u64); 26] {
         [
             ("rx_frames", self.rx_frames),
             ("tx_frames", self.tx_frames),
@@ -86,6 +90,8 @@ impl DataplaneCounters {
             ("drop_ttl_exceeded", self.drop_ttl_exceeded),
             ("icmp_time_exceeded", self.icmp_time_exceeded),
             ("icmp_rate_limited", self.icmp_rate_limited),
+            ("empty_pool_resets", self.empty_pool_resets),
+            ("empty_pool_unreachables", self.empty_pool_unreachables),
             ("gateway_echo_replies", self.gateway_echo_replies),
             ("drop_no_buffer", self.drop_no_buffer),
             ("drop_standby", self.drop_standby),

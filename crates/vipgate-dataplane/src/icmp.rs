@@ -1,5 +1,6 @@
-//! ICMP messages the gateway originates as a router: time exceeded (RFC 792, RFC 1812
-//! 4.3.2), built in place over the datagram that caused them.
+//! ICMP errors the gateway originates, built in place over the datagram that caused them:
+//! time exceeded as a router (RFC 792, RFC 1812 4.3.2), and port unreachable from a VIP
+//! whose pool has no backend in service.
 
 use std::net::Ipv4Addr;
 
@@ -29,6 +30,43 @@ pub fn may_answer(l: &Layout) -> bool {
 pub fn time_exceeded_in_place(
     buf: &mut [u8],
     l: &Layout,
+    our_mac: [u8; 6],
+    our_ip: Ipv4Addr,
+    ident: u16,
+) -> Option<usize> {
+    error_in_place(
+        buf,
+        l,
+        (icmp_type::TIME_EXCEEDED, 0),
+        our_mac,
+        our_ip,
+        ident,
+    )
+}
+
+/// Turns the frame into an ICMP destination unreachable, port unreachable (code 3), from
+/// `from` (the VIP the datagram was sent to), as [`time_exceeded_in_place`] does.
+pub fn port_unreachable_in_place(
+    buf: &mut [u8],
+    l: &Layout,
+    our_mac: [u8; 6],
+    from: Ipv4Addr,
+    ident: u16,
+) -> Option<usize> {
+    error_in_place(
+        buf,
+        l,
+        (icmp_type::DEST_UNREACHABLE, 3),
+        our_mac,
+        from,
+        ident,
+    )
+}
+
+fn error_in_place(
+    buf: &mut [u8],
+    l: &Layout,
+    (kind, code): (u8, u8),
     our_mac: [u8; 6],
     our_ip: Ipv4Addr,
     ident: u16,
@@ -68,7 +106,7 @@ pub fn time_exceeded_in_place(
     ip[10..12].copy_from_slice(&ip_sum.to_be_bytes());
     buf.get_mut(ip_at..icmp_at)?.copy_from_slice(&ip);
 
-    let header = [icmp_type::TIME_EXCEEDED, 0, 0, 0, 0, 0, 0, 0];
+    let header = [kind, code, 0, 0, 0, 0, 0, 0];
     let icmp = buf.get_mut(icmp_at..total)?;
     icmp.get_mut(..ICMP_HEADER)?.copy_from_slice(&header);
     let sum = checksum(icmp).to_be_bytes();

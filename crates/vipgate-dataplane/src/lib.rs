@@ -10,6 +10,7 @@ pub mod host;
 pub mod icmp;
 pub mod neighbor;
 pub mod pipeline;
+pub mod reject;
 pub mod route;
 
 pub use counters::DataplaneCounters;

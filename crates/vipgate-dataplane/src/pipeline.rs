@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use vipgate_nat::counters::DropReason;
 use vipgate_nat::engine::EngineError;
-use vipgate_nat::policy::{Ipv4Net, NatConfig, Policy};
+use vipgate_nat::policy::{EmptyPool, Ipv4Net, NatConfig, Policy};
 use vipgate_nat::{Engine, Side, Verdict, Worker};
 use vipgate_wire::arp::{ArpOp, ArpRepr, BROADCAST};
 use vipgate_wire::rewrite::{decrement_ttl, echo_request_to_reply, set_macs};
@@ -20,8 +20,9 @@ use vipgate_wire::{Layout, Parsed, Transport};
 
 use crate::counters::DataplaneCounters;
 use crate::host::{HostPath, Listener};
-use crate::icmp::{may_answer, time_exceeded_in_place};
+use crate::icmp::{may_answer, port_unreachable_in_place, time_exceeded_in_place};
 use crate::neighbor::{NeighborConfig, NeighborTable, Resolution};
+use crate::reject::tcp_reset_in_place;
 use crate::route::{NextHop, Route, Routes};
 
 /// A data port as the pipeline sees it.
@@ -705,6 +706,7 @@ impl<'d> Pipeline<'d> {
         {
             Verdict::Forward(to) => self.egress().forward(frame, l, to, now_ms, out),
             Verdict::Reply => Action::Send { iface, len },
+            Verdict::Drop(DropReason::NoBackend) => self.refuse_empty(iface, buf, l, now_ms),
             Verdict::Drop(_) | Verdict::Held => Action::Release,
         }
     }
@@ -737,6 +739,50 @@ impl<'d> Pipeline<'d> {
                 Action::Send { iface, len }
             }
             None => Action::Release,
+        }
+    }
+
+    /// A new connection to a pool with no backend in service: refused at once (a RST for
+    /// TCP, an ICMP port unreachable for UDP, from the VIP), unless the pool says drop. The
+    /// refusals share the ICMP token bucket, so forged SYNs can't make the gateway a
+    /// reflector.
+    fn refuse_empty(&mut self, iface: usize, buf: &mut [u8], l: &Layout, now_ms: u64) -> Action {
+        let dp = self.dp;
+        let Some(ifc) = dp.interfaces.get(iface) else {
+            return Action::Release;
+        };
+        let (proto, port) = match l.transport {
+            Transport::Tcp { dport, .. } => (vipgate_nat::Proto::Tcp, dport),
+            Transport::Udp { dport, .. } => (vipgate_nat::Proto::Udp, dport),
+            _ => return Action::Release,
+        };
+        let rejects = self
+            .worker
+            .snapshot()
+            .is_some_and(|s| s.policy().when_empty(l.dst, proto, port) == Some(EmptyPool::Reject));
+        if !rejects || !may_answer(l) {
+            return Action::Release;
+        }
+        if !self.icmp_token(now_ms) {
+            self.counters.icmp_rate_limited += 1;
+            return Action::Release;
+        }
+        self.ident = self.ident.wrapping_add(1);
+        let mac = dp.active_mac(ifc);
+        let built = match proto {
+            vipgate_nat::Proto::Tcp => tcp_reset_in_place(buf, l, mac, self.ident),
+            _ => port_unreachable_in_place(buf, l, mac, l.dst, self.ident),
+        };
+        match (built, proto) {
+            (Some(len), vipgate_nat::Proto::Tcp) => {
+                self.counters.empty_pool_resets += 1;
+                Action::Send { iface, len }
+            }
+            (Some(len), _) => {
+                self.counters.empty_pool_unreachables += 1;
+                Action::Send { iface, len }
+            }
+            (None, _) => Action::Release,
         }
     }
 

@@ -8,7 +8,7 @@ use vipgate_dataplane::{
     Action, Dataplane, DataplaneConfig, Emit, Interface, Listener, NeighborConfig, Pipeline, Route,
 };
 use vipgate_nat::counters::DropReason;
-use vipgate_nat::policy::{DnatRule, Ipv4Net, NatConfig, PatRule};
+use vipgate_nat::policy::{Backend, DnatRule, EmptyPool, Ipv4Net, NatConfig, PatRule, Pool};
 use vipgate_nat::{Proto, Side};
 use vipgate_wire::arp::{ArpOp, ArpRepr};
 use vipgate_wire::checksum::checksum;
@@ -93,6 +93,27 @@ fn dataplane(icmp_rate: u32) -> Dataplane {
             from: vec![net(PRIV_IP, 24)],
             to: vec![VIP],
         }],
+        // Pools with every backend out of service: two refuse, one drops.
+        pools: [
+            ("tcp-empty", Proto::Tcp, 8080, EmptyPool::Reject),
+            ("tcp-quiet", Proto::Tcp, 8081, EmptyPool::Drop),
+            ("udp-empty", Proto::Udp, 5000, EmptyPool::Reject),
+        ]
+        .into_iter()
+        .map(|(name, proto, port, when_empty)| Pool {
+            name: name.into(),
+            vip: VIP,
+            proto,
+            port,
+            backends: vec![Backend {
+                addr: H1,
+                port: 80,
+                weight: 0,
+            }],
+            table_size: 251,
+            when_empty,
+        })
+        .collect(),
         ..NatConfig::default()
     };
     Dataplane::new(config, nat).unwrap()
@@ -664,4 +685,63 @@ proptest! {
         }
         prop_assert_eq!(counter(&p, "rx_frames"), frames.len() as u64);
     }
+}
+
+#[test]
+fn an_empty_pool_refuses_at_once_unless_told_to_drop() {
+    let dp = dataplane(10);
+    let mut p = dp.pipeline(0);
+    let mut out = Sent::default();
+    let syn = to(
+        testing::tcp(CLIENT, VIP, 40000, 8080, 0x02, b""),
+        PUB_MAC,
+        RTR_MAC,
+    );
+    let (action, frame) = run(&mut p, PUB, &syn, 0, &mut out);
+    assert!(
+        matches!(action, Action::Send { iface: PUB, .. }),
+        "{action:?}"
+    );
+    let l = match vipgate_wire::parse(&frame).unwrap() {
+        vipgate_wire::Parsed::Ipv4(l) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((l.src, l.dst), (VIP, CLIENT));
+    assert!(matches!(
+        l.transport,
+        Transport::Tcp {
+            sport: 8080,
+            dport: 40000,
+            flags: 0x14
+        }
+    ));
+    assert_eq!(&frame[..6], &RTR_MAC, "back to the sender's MAC");
+    assert_eq!(counter(&p, "empty_pool_resets"), 1);
+
+    let datagram = to(
+        testing::udp(CLIENT, VIP, 40000, 5000, b"q"),
+        PUB_MAC,
+        RTR_MAC,
+    );
+    let (action, frame) = run(&mut p, PUB, &datagram, 1, &mut out);
+    assert!(matches!(action, Action::Send { .. }), "{action:?}");
+    let l = match vipgate_wire::parse(&frame).unwrap() {
+        vipgate_wire::Parsed::Ipv4(l) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((l.src, l.dst, l.proto), (VIP, CLIENT, 1));
+    assert_eq!((frame[34], frame[35]), (3, 3), "port unreachable");
+    assert_eq!(counter(&p, "empty_pool_unreachables"), 1);
+
+    let quiet = to(
+        testing::tcp(CLIENT, VIP, 40001, 8081, 0x02, b""),
+        PUB_MAC,
+        RTR_MAC,
+    );
+    assert_eq!(run(&mut p, PUB, &quiet, 2, &mut out).0, Action::Release);
+    assert_eq!(
+        counter(&p, "drop_no_backend"),
+        3,
+        "every one counted as a drop too"
+    );
 }

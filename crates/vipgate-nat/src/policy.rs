@@ -103,6 +103,19 @@ pub struct Pool {
     pub backends: Vec<Backend>,
     /// Maglev table size (prime; [`Maglev::DEFAULT_SIZE`] unless there is a reason).
     pub table_size: u32,
+    /// What a new connection gets while no backend is in service.
+    pub when_empty: EmptyPool,
+}
+
+/// What a new connection to a pool without a backend in service gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EmptyPool {
+    /// An immediate refusal: a TCP RST, or an ICMP port unreachable for UDP, from the VIP,
+    /// so clients fail at once instead of timing out.
+    #[default]
+    Reject,
+    /// Nothing: the packet is dropped (counted).
+    Drop,
 }
 
 /// A PAT rule.
@@ -266,6 +279,7 @@ struct RangeRule {
 
 #[derive(Debug)]
 struct CompiledPool {
+    when_empty: EmptyPool,
     backends: Vec<Backend>,
     /// [`backend_id`] of each backend, in `backends` order.
     ids: Vec<u32>,
@@ -424,6 +438,7 @@ impl Policy {
                 .map(|b| backend_id(&p.name, b.addr, b.port))
                 .collect();
             pools.push(CompiledPool {
+                when_empty: p.when_empty,
                 backends: p.backends.clone(),
                 ids,
                 maglev,
@@ -519,6 +534,15 @@ impl Policy {
                 };
                 Target::Host(r.to, to_port)
             })
+    }
+
+    /// What a new connection to `vip:port` gets when it is a pool's and no backend of it is
+    /// in service (`None` when the address and port lead to no pool).
+    pub fn when_empty(&self, vip: Ipv4Addr, proto: Proto, port: u16) -> Option<EmptyPool> {
+        match self.dnat(vip, proto, port)? {
+            Target::Pool(i) => self.pools.get(usize::from(i)).map(|p| p.when_empty),
+            Target::Host(..) => None,
+        }
     }
 
     /// Whether `addr:port` (`proto`) is the internal end of a DNAT rule or a pool backend: a
@@ -739,6 +763,7 @@ mod tests {
             port: 80,
             backends,
             table_size: 251,
+            when_empty: Default::default(),
         };
         let mut c = config(vec![]);
         c.pools = vec![pool(vec![b(1, 1), b(2, 1), b(3, 1)])];

@@ -144,6 +144,7 @@ mod tests {
                 port: 80,
                 backends: vec![backend(10, 80), backend(11, 80), backend(11, 8080)],
                 table_size: 65537,
+                when_empty: Default::default(),
             }],
             ..NatConfig::default()
         }

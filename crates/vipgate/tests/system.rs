@@ -1839,3 +1839,51 @@ fn a_drained_backend_gets_no_new_connections_and_keeps_its_own() {
     });
     drop((s1, s2));
 }
+
+/// A pool whose every backend is drained refuses new connections at once: a TCP client's
+/// connect fails with "connection refused" (the gateway's RST), a UDP client's connected
+/// socket gets "connection refused" (the gateway's ICMP port unreachable), not a timeout.
+#[test]
+fn an_empty_pool_refuses_tcp_and_udp_at_once() {
+    const UDP_POOL: &str = r#"
+[[nat.pools]]
+name = "dns"
+vip = "203.0.113.10"
+proto = "udp"
+port = 5354
+backends = [{ addr = "198.18.0.10", port = 5353 }]
+"#;
+    let Some(t) = topology_with(&format!("{CONFIG_BODY}{RELOAD_BEFORE}{UDP_POOL}"), &[]) else {
+        return;
+    };
+    with_log(&t, || {
+        for (pool, backend) in [
+            ("a", "198.18.0.10"),
+            ("a", "198.18.0.11"),
+            ("dns", "198.18.0.10"),
+        ] {
+            assert_eq!(cli_json(&t, &["drain", pool, backend])["changed"], true);
+        }
+        let tcp = t
+            .client
+            .run(|| TcpStream::connect_timeout(&sa(VIP, 8080).into(), Duration::from_secs(20)))
+            .unwrap();
+        let e = tcp.expect_err("no backend in service");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+        let udp = t
+            .client
+            .run(|| -> io::Result<io::Error> {
+                let s = UdpSocket::bind("0.0.0.0:0")?;
+                s.connect(sa(VIP, 5354))?;
+                s.set_read_timeout(Some(Duration::from_secs(20)))?;
+                s.send(b"query")?;
+                let mut buf = [0u8; 64];
+                Ok(s.recv(&mut buf).expect_err("no answer, an error"))
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(udp.kind(), io::ErrorKind::ConnectionRefused, "{udp}");
+        stat_at_least(&t, "empty_pool_resets", 1);
+        stat_at_least(&t, "empty_pool_unreachables", 1);
+    });
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use config::{Environment, File, FileFormat, ValueKind};
 use vipgate_nat::maglev::{Maglev, MaglevError};
 use vipgate_nat::policy::{
-    Backend, DnatRule, Filtering, Ipv4Net, NatConfig, PatRule, Policy, PolicyError, Pool,
+    Backend, DnatRule, EmptyPool, Filtering, Ipv4Net, NatConfig, PatRule, Policy, PolicyError, Pool,
 };
 use vipgate_nat::{ConnTable, Proto, Side, Timeouts};
 
@@ -1409,12 +1409,27 @@ fn pool(p: RawPool, at: &str, vips: &[Ipv4Addr], seg: &Segments<'_>) -> Result<P
             weight,
         });
     }
+    let ek = format!("{at}.when_empty");
+    let when_empty = match p.when_empty.as_deref() {
+        None | Some("reject") => EmptyPool::Reject,
+        Some("drop") => EmptyPool::Drop,
+        Some(other) => {
+            return Err(err(
+                &ek,
+                format!(
+                    "{other:?} is not a choice; expected \"reject\" (a TCP RST or an ICMP \
+                     port unreachable from the VIP) or \"drop\""
+                ),
+            ))
+        }
+    };
     Ok(Pool {
         name,
         vip,
         proto,
         port,
         backends,
+        when_empty,
         table_size: u32::try_from(table_size).map_err(|_| err(&sk, "out of range"))?,
     })
 }
