@@ -107,6 +107,7 @@ pub fn pool_config(capacity: u32, workers: u16) -> NatConfig {
                 .collect(),
             table_size: Maglev::DEFAULT_SIZE,
             when_empty: Default::default(),
+            persistence: Default::default(),
         }],
         ..NatConfig::default()
     }

@@ -53,6 +53,7 @@ fn engine(eif: bool) -> Engine {
             ],
             table_size: 101,
             when_empty: Default::default(),
+            persistence: Default::default(),
         }],
         pat: vec![PatRule {
             from: vec![Ipv4Net {

@@ -112,6 +112,7 @@ pub(crate) struct RawPool {
     pub(crate) table_size: Option<Int>,
     pub(crate) backends: Option<Vec<RawBackend>>,
     pub(crate) when_empty: Option<String>,
+    pub(crate) persistence: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1067,6 +1067,13 @@ fn when_empty_is_reject_or_drop() {
         c.nat.pools[0].when_empty,
         vipgate_nat::policy::EmptyPool::Reject
     );
+    let c = Config::from_toml_str(&pool("persistence = \"source_address\""), no_env()).unwrap();
+    assert_eq!(
+        c.nat.pools[0].persistence,
+        vipgate_nat::policy::Persistence::SourceAddress
+    );
+    assert!(problems_of(&pool("persistence = \"sticky\""))[0]
+        .starts_with("nat.pools[0].persistence: \"sticky\" is not a choice"));
     let p = problems_of(&pool("when_empty = \"refuse\""));
     assert_eq!(p.len(), 1);
     assert!(

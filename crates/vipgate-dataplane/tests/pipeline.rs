@@ -112,6 +112,7 @@ fn dataplane(icmp_rate: u32) -> Dataplane {
             }],
             table_size: 251,
             when_empty,
+            persistence: Default::default(),
         })
         .collect(),
         ..NatConfig::default()

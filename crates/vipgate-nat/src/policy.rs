@@ -105,6 +105,20 @@ pub struct Pool {
     pub table_size: u32,
     /// What a new connection gets while no backend is in service.
     pub when_empty: EmptyPool,
+    /// What picks a new connection's backend.
+    pub persistence: Persistence,
+}
+
+/// What Maglev hashes to pick a new connection's backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Persistence {
+    /// The client's address and port (and the VIP's): each connection on its own, the most
+    /// even spread.
+    #[default]
+    SourceAddressPort,
+    /// The client's address alone: every connection of one client to the same backend
+    /// (sessions kept on a backend, at the price of a coarser spread).
+    SourceAddress,
 }
 
 /// What a new connection to a pool without a backend in service gets.
@@ -280,6 +294,7 @@ struct RangeRule {
 #[derive(Debug)]
 struct CompiledPool {
     when_empty: EmptyPool,
+    persistence: Persistence,
     backends: Vec<Backend>,
     /// [`backend_id`] of each backend, in `backends` order.
     ids: Vec<u32>,
@@ -439,6 +454,7 @@ impl Policy {
                 .collect();
             pools.push(CompiledPool {
                 when_empty: p.when_empty,
+                persistence: p.persistence,
                 backends: p.backends.clone(),
                 ids,
                 maglev,
@@ -565,6 +581,14 @@ impl Policy {
             let hi = lo.saturating_add(r.hi - r.lo);
             r.proto == proto && r.to == addr && (lo..=hi).contains(&port)
         })
+    }
+
+    /// What pool `pool` hashes to pick a backend.
+    #[inline]
+    pub fn persistence(&self, pool: u16) -> Persistence {
+        self.pools
+            .get(usize::from(pool))
+            .map_or(Persistence::default(), |p| p.persistence)
     }
 
     /// The backend of pool `pool` for a flow hashing to `hash`, with its [`backend_id`].
@@ -764,6 +788,7 @@ mod tests {
             backends,
             table_size: 251,
             when_empty: Default::default(),
+            persistence: Default::default(),
         };
         let mut c = config(vec![]);
         c.pools = vec![pool(vec![b(1, 1), b(2, 1), b(3, 1)])];

@@ -13,7 +13,9 @@ use std::net::Ipv4Addr;
 use proptest::prelude::*;
 use vipgate_nat::counters::DropReason;
 use vipgate_nat::engine::{ConnEvent, Engine, Verdict, Worker};
-use vipgate_nat::policy::{Backend, DnatRule, Filtering, Ipv4Net, NatConfig, PatRule, Pool};
+use vipgate_nat::policy::{
+    Backend, DnatRule, Filtering, Ipv4Net, NatConfig, PatRule, Persistence, Pool,
+};
 use vipgate_nat::{FlowKey, Proto, Side};
 use vipgate_wire::frame::{InnerPorts, Transport};
 use vipgate_wire::testing::{self, layout, verify_checksums};
@@ -82,6 +84,7 @@ fn config() -> NatConfig {
             ],
             table_size: 65537,
             when_empty: Default::default(),
+            persistence: Default::default(),
         }],
         pat: vec![PatRule {
             from: vec![Ipv4Net::new(Ipv4Addr::new(198, 18, 0, 0), 24).unwrap()],
@@ -1467,5 +1470,31 @@ fn after_a_takeover_mid_stream_segments_are_picked_up_for_a_while() {
             10
         ),
         DropReason::TcpNoConn
+    );
+}
+
+#[test]
+fn persistence_by_source_address_sends_a_client_to_one_backend() {
+    let backends_of = |persistence| {
+        let mut cfg = config();
+        cfg.pools[0].persistence = persistence;
+        let mut lab = Lab::new(cfg);
+        let port = 443;
+        let mut seen = std::collections::BTreeSet::new();
+        for sport in 40000..40064 {
+            let out = lab.pass(
+                testing::tcp(CLIENT, VIP, sport, port, SYN, b""),
+                Side::Public,
+                Side::Private,
+                1,
+            );
+            seen.insert(layout(&out).dst);
+        }
+        seen
+    };
+    assert_eq!(backends_of(Persistence::SourceAddress).len(), 1);
+    assert!(
+        backends_of(Persistence::SourceAddressPort).len() > 1,
+        "by address and port, 64 connections spread"
     );
 }

@@ -40,6 +40,7 @@ fn pool(name: &str, port: u16, backends: &[(Ipv4Addr, u32)]) -> Pool {
             .collect(),
         table_size: 251,
         when_empty: Default::default(),
+        persistence: Default::default(),
     }
 }
 

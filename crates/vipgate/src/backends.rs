@@ -145,6 +145,7 @@ mod tests {
                 backends: vec![backend(10, 80), backend(11, 80), backend(11, 8080)],
                 table_size: 65537,
                 when_empty: Default::default(),
+                persistence: Default::default(),
             }],
             ..NatConfig::default()
         }

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use config::{Environment, File, FileFormat, ValueKind};
 use vipgate_nat::maglev::{Maglev, MaglevError};
 use vipgate_nat::policy::{
-    Backend, DnatRule, EmptyPool, Filtering, Ipv4Net, NatConfig, PatRule, Policy, PolicyError, Pool,
+    Backend, DnatRule, EmptyPool, Filtering, Ipv4Net, NatConfig, PatRule, Persistence, Policy,
+    PolicyError, Pool,
 };
 use vipgate_nat::{ConnTable, Proto, Side, Timeouts};
 
@@ -1423,6 +1424,21 @@ fn pool(p: RawPool, at: &str, vips: &[Ipv4Addr], seg: &Segments<'_>) -> Result<P
             ))
         }
     };
+    let pk = format!("{at}.persistence");
+    let persistence = match p.persistence.as_deref() {
+        None | Some("source_address_port") => Persistence::SourceAddressPort,
+        Some("source_address") => Persistence::SourceAddress,
+        Some(other) => {
+            return Err(err(
+                &pk,
+                format!(
+                    "{other:?} is not a choice; expected \"source_address_port\" (each \
+                     connection on its own) or \"source_address\" (all of a client's \
+                     connections to one backend)"
+                ),
+            ))
+        }
+    };
     Ok(Pool {
         name,
         vip,
@@ -1430,6 +1446,7 @@ fn pool(p: RawPool, at: &str, vips: &[Ipv4Addr], seg: &Segments<'_>) -> Result<P
         port,
         backends,
         when_empty,
+        persistence,
         table_size: u32::try_from(table_size).map_err(|_| err(&sk, "out of range"))?,
     })
 }

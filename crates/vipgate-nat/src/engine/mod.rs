@@ -19,7 +19,7 @@ use vipgate_wire::rewrite::{echo_request_to_reply, rewrite, rewrite_inner, Tuple
 
 use crate::counters::{Counters, DropReason};
 use crate::frag::{FragCache, FragHold, FragKey, FragTarget};
-use crate::policy::{Filtering, NatConfig, Policy, PolicyError, Target};
+use crate::policy::{Filtering, NatConfig, Persistence, Policy, PolicyError, Target};
 use crate::ports::{PortAllocator, PortCursors, PortsError};
 use crate::state::{tcp_flags, ConnState, Dir};
 use crate::table::{
@@ -949,7 +949,10 @@ impl Engine {
             return match target {
                 Target::Host(addr, port) => Ok((addr, port, NO_BACKEND, None)),
                 Target::Pool(pool) => {
-                    let h = backend_hash(key);
+                    let h = match policy.persistence(pool) {
+                        Persistence::SourceAddressPort => backend_hash(key),
+                        Persistence::SourceAddress => source_hash(key.src),
+                    };
                     let (id, b) = policy.pick_backend(pool, h).ok_or(DropReason::NoBackend)?;
                     Ok((b.addr, b.port, id, None))
                 }
@@ -1359,6 +1362,13 @@ fn fmix64(mut k: u64) -> u64 {
     k ^= k >> 33;
     k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     k ^ (k >> 33)
+}
+
+/// The hash that picks a pool backend for a client by its address alone (persistence by
+/// source address): portable, as [`backend_hash`].
+#[inline]
+fn source_hash(src: Ipv4Addr) -> u64 {
+    fmix64(u64::from(u32::from(src)) ^ 0x7669_7067_6174_6532)
 }
 
 /// The hash that picks a pool backend. It must be the same on every box (ECMP may spread
