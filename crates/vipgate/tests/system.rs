@@ -1887,3 +1887,136 @@ backends = [{ addr = "198.18.0.10", port = 5353 }]
         stat_at_least(&t, "empty_pool_unreachables", 1);
     });
 }
+
+/// A minimal HTTP/1.0 server that counts the requests it answered.
+struct HttpCounter {
+    served: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl HttpCounter {
+    fn start(ns: &Netns, addr: SocketAddrV4) -> HttpCounter {
+        let listener = ns.run(move || TcpListener::bind(addr)).unwrap().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (served2, stop2) = (served.clone(), stop.clone());
+        let handle = thread::spawn(move || {
+            let end = Instant::now() + SERVICE_LIFETIME;
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < end {
+                let Ok((s, _)) = listener.accept() else {
+                    let _ = probe::wait_readable(listener.as_fd(), Duration::from_millis(50));
+                    continue;
+                };
+                let answer = || -> io::Result<()> {
+                    s.set_nonblocking(false)?;
+                    s.set_read_timeout(Some(IO_TIMEOUT))?;
+                    let mut r = BufReader::new(s.try_clone()?);
+                    let mut line = String::new();
+                    // The request line and headers, up to the blank line.
+                    while r.read_line(&mut line)? > 2 {
+                        line.clear();
+                    }
+                    let body = format!("served by {addr}\n");
+                    write!(
+                        &s,
+                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                if answer().is_ok() {
+                    served2.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        HttpCounter {
+            served,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn take(&self) -> u64 {
+        self.served.swap(0, Ordering::Relaxed)
+    }
+}
+
+impl Drop for HttpCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Three HTTP backends behind one VIP: 3,000 new connections spread by the weights, equal
+/// and then (after a reload) 1:1:2.
+#[test]
+fn a_pool_spreads_new_connections_by_weight() {
+    const N: u64 = 3000;
+    const POOL: &str = r#"
+[[nat.pools]]
+name = "web"
+vip = "203.0.113.10"
+proto = "tcp"
+port = 8080
+backends = [
+    { addr = "198.18.0.10", port = 8080, weight = 1 },
+    { addr = "198.18.0.10", port = 8081, weight = 1 },
+    { addr = "198.18.0.11", port = 8080, weight = 1 },
+]
+"#;
+    let Some(t) = topology_with(&format!("{CONFIG_BODY}{POOL}"), &[]) else {
+        return;
+    };
+    let servers = [
+        HttpCounter::start(&t.h1, sa(H1, 8080)),
+        HttpCounter::start(&t.h1, sa(H1, 8081)),
+        HttpCounter::start(&t.h2, sa(H2, 8080)),
+    ];
+    let round = |t: &Topology| -> Vec<f64> {
+        t.client
+            .run(|| {
+                for i in 0..N {
+                    let s = connect(sa(VIP, 8080));
+                    write!(&s, "GET / HTTP/1.0\r\nHost: vip\r\n\r\n").unwrap();
+                    let mut answer = String::new();
+                    (&s).read_to_string(&mut answer).unwrap();
+                    assert!(
+                        answer.starts_with("HTTP/1.0 200 OK"),
+                        "request {i}: {answer:?}"
+                    );
+                }
+            })
+            .unwrap();
+        let counts: Vec<u64> = servers.iter().map(HttpCounter::take).collect();
+        assert_eq!(counts.iter().sum::<u64>(), N, "{counts:?}");
+        counts
+            .iter()
+            .map(|c| *c as f64 * 100.0 / N as f64)
+            .collect()
+    };
+    with_log(&t, || {
+        let equal = round(&t);
+        eprintln!("equal weights: shares {equal:?} %");
+        for s in &equal {
+            assert!((25.0..=42.0).contains(s), "{equal:?}");
+        }
+        let path = t.config_path().unwrap().to_path_buf();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let weighted = text.replace(
+            "{ addr = \"198.18.0.11\", port = 8080, weight = 1 }",
+            "{ addr = \"198.18.0.11\", port = 8080, weight = 2 }",
+        );
+        assert_ne!(weighted, text);
+        std::fs::write(&path, weighted).unwrap();
+        cli_json(&t, &["reload"]);
+        let shares = round(&t);
+        eprintln!("weights 1:1:2: shares {shares:?} %");
+        for (s, want) in shares.iter().zip([25.0, 25.0, 50.0]) {
+            assert!((s - want).abs() <= 5.0, "{shares:?}");
+        }
+    });
+}
