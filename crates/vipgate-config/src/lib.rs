@@ -98,6 +98,8 @@ pub struct Config {
     /// High availability: the election and state sync with a peer box; `None` runs alone,
     /// always active.
     pub ha: Option<Ha>,
+    /// Health checks of pool backends, by pool name (`nat.pools[].check`).
+    pub checks: Vec<(String, HealthCheck)>,
     /// [`Config::nat`]'s policy, compiled once by the validation that checked it, for the
     /// engine to run as it is.
     pub policy: CompiledPolicy,
@@ -509,4 +511,39 @@ impl std::fmt::Debug for SyncKeySource {
             SyncKeySource::File(p) => write!(f, "File({p:?})"),
         }
     }
+}
+
+/// A pool's health check (`nat.pools[].check`): each backend is probed every interval; it
+/// leaves the pool after `fall` failures in a row and rejoins after `rise` successes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What a probe does.
+    pub kind: CheckKind,
+    /// Milliseconds between two probes of one backend.
+    pub interval_ms: u32,
+    /// Milliseconds a probe may take.
+    pub timeout_ms: u32,
+    /// Successes in a row that bring a backend (back) into service.
+    pub rise: u32,
+    /// Failures in a row that take it out.
+    pub fall: u32,
+}
+
+/// What a health probe does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A TCP connection to the backend's port is accepted.
+    Tcp,
+    /// `GET path` over HTTP/1.0 answers with `status` (and, if given, a body containing
+    /// `body`).
+    Http {
+        /// The path asked for.
+        path: String,
+        /// The status expected.
+        status: u16,
+        /// A substring the body must contain.
+        body: Option<String>,
+    },
+    /// An ICMP echo to the backend's address is answered.
+    Icmp,
 }

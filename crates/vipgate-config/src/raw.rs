@@ -113,6 +113,21 @@ pub(crate) struct RawPool {
     pub(crate) backends: Option<Vec<RawBackend>>,
     pub(crate) when_empty: Option<String>,
     pub(crate) persistence: Option<String>,
+    pub(crate) check: Option<RawCheck>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCheck {
+    #[serde(rename = "type")]
+    pub(crate) kind: Option<String>,
+    pub(crate) interval_ms: Option<Int>,
+    pub(crate) timeout_ms: Option<Int>,
+    pub(crate) rise: Option<Int>,
+    pub(crate) fall: Option<Int>,
+    pub(crate) path: Option<String>,
+    pub(crate) status: Option<Int>,
+    pub(crate) body: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -20,7 +20,7 @@ impl Config {
     /// `ha.sync` when the sync section differs, else as `ha`).
     ///
     /// **Policy** (free to change by reload): `nat.vips`, `nat.dnat`, `nat.pools`, `nat.pat`,
-    /// every `nat.timeouts.*` key, `nat.filtering`, `icmp.rate`.
+    /// every `nat.timeouts.*` key, `nat.filtering`, `icmp.rate`, every `nat.pools[].check`.
     ///
     /// Keys are compared in that order, so the answer is the same for the same two files.
     ///
@@ -39,6 +39,8 @@ impl Config {
             metrics,
             events,
             ha,
+            // The health thread follows them.
+            checks: _,
             // Compiled from nat.
             policy: _,
         } = self;

@@ -1081,3 +1081,56 @@ fn when_empty_is_reject_or_drop() {
         "{p:?}"
     );
 }
+
+#[test]
+fn health_checks_are_read_per_pool_and_every_problem_named() {
+    let pool = |check: &str| {
+        format!(
+            "{MINIMAL}\n[[nat.pools]]\nname = \"p\"\nvip = \"203.0.113.10\"\nproto = \"tcp\"\nport = 80\nbackends = [{{ addr = \"198.18.0.10\", port = 80 }}]\n{check}"
+        )
+    };
+    let c = Config::from_toml_str(
+        &pool("check = { type = \"http\", path = \"/up\", status = 204, body = \"ok\", interval_ms = 500, timeout_ms = 400, rise = 3, fall = 4 }"),
+        no_env(),
+    )
+    .unwrap();
+    let (name, check) = &c.checks[0];
+    assert_eq!(name, "p");
+    assert_eq!(
+        check.kind,
+        vipgate_config::CheckKind::Http {
+            path: "/up".into(),
+            status: 204,
+            body: Some("ok".into())
+        }
+    );
+    assert_eq!(
+        (check.interval_ms, check.timeout_ms, check.rise, check.fall),
+        (500, 400, 3, 4)
+    );
+    let c = Config::from_toml_str(&pool("check = { type = \"tcp\" }"), no_env()).unwrap();
+    assert_eq!(c.checks[0].1.kind, vipgate_config::CheckKind::Tcp);
+    assert_eq!(
+        (
+            c.checks[0].1.interval_ms,
+            c.checks[0].1.rise,
+            c.checks[0].1.fall
+        ),
+        (1000, 2, 3)
+    );
+    assert!(Config::from_toml_str(&pool(""), no_env())
+        .unwrap()
+        .checks
+        .is_empty());
+    let p = problems_of(&pool(
+        "check = { type = \"tcp\", path = \"/\", interval_ms = 50, timeout_ms = 2000 }",
+    ));
+    let keys: Vec<&str> = p.iter().map(|l| l.split(':').next().unwrap()).collect();
+    assert_eq!(
+        keys,
+        ["nat.pools[0].check.path", "nat.pools[0].check.interval_ms"],
+        "{p:#?}"
+    );
+    assert!(problems_of(&pool("check = { type = \"udp\" }"))[0]
+        .starts_with("nat.pools[0].check.type: \"udp\" is not a check"));
+}

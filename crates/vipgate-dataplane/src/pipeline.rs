@@ -235,6 +235,12 @@ impl Dataplane {
         &self.neighbors
     }
 
+    /// Where a datagram to `dst` leaves among the interfaces of `side`: the interface and the
+    /// neighbor to send it to (for the control thread's own traffic).
+    pub fn next_hop(&self, dst: Ipv4Addr, side: Side) -> Option<NextHop> {
+        self.routes.lookup(dst, side)
+    }
+
     /// The interfaces.
     pub fn interfaces(&self) -> &[Interface] {
         &self.interfaces

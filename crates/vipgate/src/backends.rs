@@ -12,6 +12,8 @@ use vipgate_nat::policy::{backend_id, NatConfig};
 #[derive(Debug, Default)]
 pub(crate) struct BackendStates {
     drained: BTreeSet<u32>,
+    /// Failed their health checks.
+    down: BTreeSet<u32>,
 }
 
 /// A backend named by an operator: `pool` and `addr:port` (or `addr` when it is the only
@@ -62,6 +64,18 @@ impl BackendStates {
         self.drained.contains(&id)
     }
 
+    /// The backends the health checks find down now; whether that changed anything.
+    pub(crate) fn set_down(&mut self, down: BTreeSet<u32>) -> bool {
+        let changed = down != self.down;
+        self.down = down;
+        changed
+    }
+
+    /// Whether backend `id` is out of service: drained, or down.
+    fn is_out(&self, id: u32) -> bool {
+        self.drained.contains(&id) || self.down.contains(&id)
+    }
+
     /// Forgets backends `nat` no longer has (after a reload).
     pub(crate) fn retain(&mut self, nat: &NatConfig) {
         let ids: BTreeSet<u32> = nat
@@ -74,18 +88,19 @@ impl BackendStates {
             })
             .collect();
         self.drained.retain(|id| ids.contains(id));
+        self.down.retain(|id| ids.contains(id));
     }
 
     /// `nat` with every backend out of service at weight 0; `None` when none is, so the
     /// policy compiled with the file can be published as it is.
     pub(crate) fn effective(&self, nat: &NatConfig) -> Option<NatConfig> {
-        if self.drained.is_empty() {
+        if self.drained.is_empty() && self.down.is_empty() {
             return None;
         }
         let mut out = nat.clone();
         for p in &mut out.pools {
             for b in &mut p.backends {
-                if self.is_drained(backend_id(&p.name, b.addr, b.port)) {
+                if self.is_out(backend_id(&p.name, b.addr, b.port)) {
                     b.weight = 0;
                 }
             }
@@ -95,7 +110,12 @@ impl BackendStates {
 
     /// `vipgate backends`: every backend of every pool of `nat` (the file's), with its
     /// state and live connections (`conns_of` by id).
-    pub(crate) fn list(&self, nat: &NatConfig, conns_of: impl Fn(u32) -> u64) -> Value {
+    pub(crate) fn list(
+        &self,
+        nat: &NatConfig,
+        conns_of: impl Fn(u32) -> u64,
+        check_of: impl Fn(u32) -> Option<Value>,
+    ) -> Value {
         let rows: Vec<Value> = nat
             .pools
             .iter()
@@ -109,8 +129,10 @@ impl BackendStates {
                     "backend": format!("{}:{}", b.addr, b.port),
                     "id": id,
                     "weight": b.weight,
-                    "in_service": !drained && b.weight > 0,
+                    "in_service": !self.is_out(id) && b.weight > 0,
                     "drained": drained,
+                    "health": check_of(id).map_or(Value::from("unchecked"), |c| c.get("health").cloned().unwrap_or_default()),
+                    "check": check_of(id),
                     "conns": conns_of(id),
                 })
             })
@@ -175,7 +197,7 @@ mod tests {
         let eff = s.effective(&nat).unwrap();
         let weights: Vec<u32> = eff.pools[0].backends.iter().map(|b| b.weight).collect();
         assert_eq!(weights, [0, 1, 1]);
-        let list = s.list(&nat, |_| 7);
+        let list = s.list(&nat, |_| 7, |_| None);
         assert_eq!(list["backends"][0]["drained"], true);
         assert_eq!(list["backends"][0]["in_service"], false);
         assert_eq!(list["backends"][1]["conns"], 7);
@@ -186,5 +208,11 @@ mod tests {
             !s.is_drained(id),
             "a backend removed by reload is forgotten"
         );
+        let other = find(&nat, "web", "198.18.0.11:8080").unwrap();
+        assert!(s.set_down([other].into()) && !s.set_down([other].into()));
+        let eff = s.effective(&nat).unwrap();
+        assert_eq!(eff.pools[0].backends[2].weight, 0, "down: out of service");
+        assert!(s.set_down(BTreeSet::new()));
+        assert!(s.effective(&nat).is_none());
     }
 }

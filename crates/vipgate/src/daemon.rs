@@ -20,6 +20,7 @@ use crate::control;
 use crate::events;
 use crate::gateway::{Gateway, PortInfo};
 use crate::ha::{self, HaShared};
+use crate::health::{self, HealthShared};
 use crate::live::{Block, Live, PUBLISH_EVERY_MS};
 use crate::metrics;
 use crate::signal;
@@ -192,6 +193,8 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
     let _link_addresses = ha_config.as_ref().map(ha::link_addresses).transpose()?;
     let ha_shared = HaShared::new();
     let sync_shared = SyncShared::new();
+    let health_shared = HealthShared::default();
+    let checks = !cfg.checks.is_empty();
     let sync_socket = sync_config.as_ref().map(sync::bind).transpose()?;
     // With both the event log and sync, the sync thread reads the workers' queues and
     // passes every event on to the log's writer.
@@ -233,6 +236,7 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
         cfg,
         ha_config.as_ref().map(|_| &ha_shared),
         sync_config.as_ref().map(|_| &sync_shared),
+        checks.then_some(&health_shared),
     );
     let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
     std::thread::scope(|s| -> Result<(), String> {
@@ -357,6 +361,16 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
                         .map_err(|e| format!("ha sync: cannot start a thread: {e}"))?,
                 );
             }
+            let mut checker = None;
+            if checks {
+                let (gw, shared, clock) = (&gw, &health_shared, &clock);
+                checker = Some(
+                    std::thread::Builder::new()
+                        .name("vipgate-health".into())
+                        .spawn_scoped(s, move || health::run(gw, shared, clock))
+                        .map_err(|e| format!("health: cannot start a thread: {e}"))?,
+                );
+            }
             let mut election = None;
             if let Some(ha_cfg) = &ha_config {
                 let (dp, shared, clock, unclaimed) = (&dp, &ha_shared, &clock, &gw.host_unclaimed);
@@ -399,6 +413,10 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
             if let Some(h) = election {
                 let _ = h.join();
             }
+            health_shared.stop();
+            if let Some(h) = checker {
+                let _ = h.join();
+            }
             // Then the peer gets what the workers reported until now.
             sync_shared.stop();
             if let Some(h) = syncer {
@@ -434,9 +452,14 @@ fn control_loop(listener: &UnixListener, gw: &Gateway<'_>) {
         if control::wait_readable(listener, CONTROL_TICK) {
             control::serve_pending(listener, gw);
         }
-        // The host stack's queue has no reader yet (health checks will take it): a frame
-        // that came up anyway goes back to the pool, counted. The election reads its own.
-        while let Some(f) = gw.dp.host().receive(Listener::Stack) {
+        // Without health checks the host stack's queue has no reader: a frame that came up
+        // anyway goes back to the pool, counted. The election reads its own queue.
+        while let Some(f) = gw
+            .health
+            .is_none()
+            .then(|| gw.dp.host().receive(Listener::Stack))
+            .flatten()
+        {
             gw.host_unclaimed.fetch_add(1, Ordering::Relaxed);
             gw.dp.host().recycle(f);
         }

@@ -20,6 +20,7 @@ use vipgate_nat::{ConnId, ConnRecord, ConnState, Proto};
 use crate::backends::BackendStates;
 use crate::events::EventLogCounters;
 use crate::ha::{Command, HaShared};
+use crate::health::HealthShared;
 use crate::live::Live;
 use crate::sync::SyncShared;
 use vipgate::protocol::{error, ok, Filter, Request, PAGE_MAX};
@@ -53,8 +54,10 @@ pub(crate) struct Gateway<'a> {
     pub(crate) ha: Option<&'a HaShared>,
     /// State sync, when `[ha.sync]` is configured.
     pub(crate) sync: Option<&'a SyncShared>,
-    /// Backends drained by operators.
+    /// Backends drained by operators or down by their checks.
     pub(crate) backends: Mutex<BackendStates>,
+    /// The health checks, when some pool has one.
+    pub(crate) health: Option<&'a HealthShared>,
     /// (milliseconds, rx frames, tx frames) at the last two rate samples.
     rate: Mutex<(RateSample, RateSample)>,
 }
@@ -138,6 +141,8 @@ pub(crate) struct Gauges {
 }
 
 impl<'a> Gateway<'a> {
+    // Each argument is one part of the running gateway; a struct of them would only rename it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         dp: &'a Dataplane,
         live: &'a Live,
@@ -146,6 +151,7 @@ impl<'a> Gateway<'a> {
         config: Config,
         ha: Option<&'a HaShared>,
         sync: Option<&'a SyncShared>,
+        health: Option<&'a HealthShared>,
     ) -> Gateway<'a> {
         Gateway {
             dp,
@@ -162,6 +168,7 @@ impl<'a> Gateway<'a> {
             ha,
             sync,
             backends: Mutex::new(BackendStates::default()),
+            health,
             rate: Mutex::new(((0, 0, 0), (0, 0, 0))),
         }
     }
@@ -290,7 +297,11 @@ impl<'a> Gateway<'a> {
                 let cfg = self.config.lock().unwrap_or_else(|e| e.into_inner());
                 let g = self.gauges();
                 let states = self.backends.lock().unwrap_or_else(|e| e.into_inner());
-                ok(states.list(&cfg.nat, |id| g.per_backend.get(&id).copied().unwrap_or(0)))
+                ok(states.list(
+                    &cfg.nat,
+                    |id| g.per_backend.get(&id).copied().unwrap_or(0),
+                    |id| self.health.and_then(|h| h.of(id)),
+                ))
             }
             Request::Drain { pool, backend } => self.drain(&pool, &backend, true),
             Request::Undrain { pool, backend } => self.drain(&pool, &backend, false),
@@ -555,6 +566,17 @@ impl<'a> Gateway<'a> {
             Some(nat) => engine.publish(&nat),
         }
         .map_err(|e| format!("nat: {e}"))
+    }
+
+    /// The backends the health checks find down now: published at once if that changed.
+    pub(crate) fn set_down(&self, down: std::collections::BTreeSet<u32>) {
+        let cfg = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let mut states = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        if states.set_down(down) {
+            if let Err(e) = self.publish(&cfg, &states) {
+                tracing::error!(error = %e, "health: the new policy was refused");
+            }
+        }
     }
 
     /// `vipgate drain` (`drained` true) and `vipgate undrain`.

@@ -17,6 +17,7 @@ mod daemon;
 mod events;
 mod gateway;
 mod ha;
+mod health;
 mod live;
 mod metrics;
 mod signal;

@@ -124,6 +124,8 @@ pub(crate) fn render(gw: &Gateway<'_>) -> String {
     reg.register("vip_conns", "live connections per public address", per_vip);
     let per_backend = Family::<Labels, Gauge<i64>>::default();
     let in_service = Family::<Labels, Gauge<i64>>::default();
+    let health = Family::<Labels, Gauge<i64>>::default();
+    let latency = Family::<Labels, Gauge<i64>>::default();
     for (pool, backend, id, weight) in gw.backends() {
         let n = g.per_backend.get(&id).copied().unwrap_or(0);
         let labels = vec![label("pool", pool), label("backend", backend)];
@@ -131,7 +133,30 @@ pub(crate) fn render(gw: &Gateway<'_>) -> String {
             .get_or_create(&labels)
             .set(i64::try_from(n).unwrap_or(i64::MAX));
         in_service.get_or_create(&labels).set(i64::from(weight > 0));
+        if let Some(check) = gw.health.and_then(|h| h.of(id)) {
+            let up = match check.get("health").and_then(|h| h.as_str()) {
+                Some("up") => 1,
+                Some("down") => 0,
+                _ => -1,
+            };
+            health.get_or_create(&labels).set(up);
+            if let Some(ms) = check.get("last_ms").and_then(serde_json::Value::as_u64) {
+                latency
+                    .get_or_create(&labels)
+                    .set(i64::try_from(ms).unwrap_or(i64::MAX));
+            }
+        }
     }
+    reg.register(
+        "backend_health",
+        "a checked backend's health: 1 up, 0 down, -1 not decided yet",
+        health,
+    );
+    reg.register(
+        "backend_check_milliseconds",
+        "how long a checked backend's last probe took",
+        latency,
+    );
     reg.register(
         "backend_in_service",
         "1 while a pool backend gets new connections (weight above 0, not drained)",

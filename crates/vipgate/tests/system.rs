@@ -1888,7 +1888,8 @@ backends = [{ addr = "198.18.0.10", port = 5353 }]
     });
 }
 
-/// A minimal HTTP/1.0 server that counts the requests it answered.
+/// A minimal HTTP/1.0 server that counts the requests it answered (not the health checks
+/// to /health).
 struct HttpCounter {
     served: Arc<std::sync::atomic::AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -1909,12 +1910,14 @@ impl HttpCounter {
                     let _ = probe::wait_readable(listener.as_fd(), Duration::from_millis(50));
                     continue;
                 };
-                let answer = || -> io::Result<()> {
+                let answer = || -> io::Result<bool> {
                     s.set_nonblocking(false)?;
                     s.set_read_timeout(Some(IO_TIMEOUT))?;
                     let mut r = BufReader::new(s.try_clone()?);
+                    let mut request = String::new();
+                    r.read_line(&mut request)?;
                     let mut line = String::new();
-                    // The request line and headers, up to the blank line.
+                    // The headers, up to the blank line.
                     while r.read_line(&mut line)? > 2 {
                         line.clear();
                     }
@@ -1923,9 +1926,10 @@ impl HttpCounter {
                         &s,
                         "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()
-                    )
+                    )?;
+                    Ok(!request.starts_with("GET /health "))
                 };
-                if answer().is_ok() {
+                if answer().unwrap_or(false) {
                     served2.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -2018,5 +2022,85 @@ backends = [
         for (s, want) in shares.iter().zip([25.0, 25.0, 50.0]) {
             assert!((s - want).abs() <= 5.0, "{shares:?}");
         }
+    });
+}
+
+/// Health checks from the appliance: HTTP checks of two backends; one stops, leaves the pool
+/// within fall intervals and no new connection fails; it starts again and rejoins within rise
+/// intervals. ICMP checks see hosts that answer ping.
+#[test]
+fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
+    const POOL: &str = r#"
+[[nat.pools]]
+name = "web"
+vip = "203.0.113.10"
+proto = "tcp"
+port = 8080
+backends = [{ addr = "198.18.0.10", port = 8080 }, { addr = "198.18.0.11", port = 8080 }]
+check = { type = "http", path = "/health", interval_ms = 200, timeout_ms = 150, rise = 2, fall = 2 }
+
+[[nat.pools]]
+name = "ping"
+vip = "203.0.113.10"
+proto = "tcp"
+port = 8090
+backends = [{ addr = "198.18.0.10", port = 8080 }, { addr = "198.18.0.11", port = 8080 }]
+check = { type = "icmp", interval_ms = 200, timeout_ms = 150 }
+"#;
+    let Some(t) = topology_with(&format!("{CONFIG_BODY}{POOL}"), &[]) else {
+        return;
+    };
+    let h1 = HttpCounter::start(&t.h1, sa(H1, 8080));
+    let mut h2 = Some(HttpCounter::start(&t.h2, sa(H2, 8080)));
+    let health = |pool: &str, backend: &str| -> String {
+        let b = cli_json(&t, &["backends"]);
+        b["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["pool"] == pool && r["backend"] == backend)
+            .map(|r| r["health"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    let wait_health = |pool: &str, backend: &str, want: &str| {
+        poll_until(DEADLINE, &format!("{pool} {backend} {want}"), || {
+            health(pool, backend) == want
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", cli_json(&t, &["backends"])));
+    };
+    let requests = |n: u64| {
+        t.client
+            .run(move || {
+                for i in 0..n {
+                    let s = connect(sa(VIP, 8080));
+                    write!(&s, "GET / HTTP/1.0\r\n\r\n").unwrap();
+                    let mut answer = String::new();
+                    (&s).read_to_string(&mut answer).unwrap();
+                    assert!(
+                        answer.starts_with("HTTP/1.0 200"),
+                        "request {i}: {answer:?}"
+                    );
+                }
+            })
+            .unwrap();
+    };
+    with_log(&t, || {
+        for b in ["198.18.0.10:8080", "198.18.0.11:8080"] {
+            wait_health("web", b, "up");
+            wait_health("ping", b, "up");
+        }
+        drop(h2.take());
+        wait_health("web", "198.18.0.11:8080", "down");
+        let b = cli_json(&t, &["backends"]);
+        assert!(b.to_string().contains("\"in_service\":false"), "{b}");
+        h1.take();
+        requests(50);
+        assert_eq!(h1.take(), 50, "every new connection on the healthy backend");
+        h2 = Some(HttpCounter::start(&t.h2, sa(H2, 8080)));
+        wait_health("web", "198.18.0.11:8080", "up");
+        requests(50);
+        let on_h2 = h2.as_ref().unwrap().take();
+        assert!(on_h2 > 0, "back in the pool");
+        assert!(t.gateway_log().contains("health: backend down"));
     });
 }

@@ -1,6 +1,7 @@
 //! From the file form ([`crate::raw`]) to [`Config`]: ranges, defaults and the
 //! cross-references between sections.
 
+mod check;
 mod ha;
 
 use std::collections::HashMap;
@@ -22,8 +23,8 @@ use crate::raw::{
     RawNeighbors, RawPat, RawPool, RawPorts, RawXdp,
 };
 use crate::{
-    CompiledPolicy, Config, Control, Events, Icmp, Interface, Log, LogFormat, Metrics, Neighbors,
-    Route, Xdp, XdpMode, ENV_PREFIX,
+    CompiledPolicy, Config, Control, Events, HealthCheck, Icmp, Interface, Log, LogFormat, Metrics,
+    Neighbors, Route, Xdp, XdpMode, ENV_PREFIX,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -398,8 +399,22 @@ fn join_nets(nets: &[Ipv4Net]) -> String {
 /// Every section is checked, whatever the others hold; within a list, every item. What
 /// depends on another section is checked only when that section is valid: the NAT section's
 /// addresses need the interfaces, the PAT port shares need the number of workers.
-fn validate(raw: RawFile) -> Result<Config> {
+fn validate(mut raw: RawFile) -> Result<Config> {
     let mut p = Problems::default();
+    // The checks are kept apart from the NAT policy, by pool name.
+    let raw_checks: Vec<(usize, Option<String>, crate::raw::RawCheck)> = raw
+        .nat
+        .as_mut()
+        .and_then(|n| n.pools.as_mut())
+        .map(|pools| {
+            pools
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, pool)| Some((i, pool.name.clone(), pool.check.take()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+
     let workers = p.take(workers(raw.workers.and_then(|w| w.cores)));
     let raw_interfaces = raw.interfaces.unwrap_or_default();
     // The UMEM needs room for every interface's rings, valid or not.
@@ -424,6 +439,11 @@ fn validate(raw: RawFile) -> Result<Config> {
     let ha = raw
         .ha
         .and_then(|h| ha::ha(h, interfaces.as_deref(), &mut p));
+    let checks: Vec<(String, HealthCheck)> = raw_checks
+        .into_iter()
+        .filter_map(|(i, name, c)| Some((name?, check::check(c, i, &mut p)?)))
+        .filter(|(name, _)| nat.pools.iter().any(|pool| pool.name == *name))
+        .collect();
     // Without a policy some problem was found; `finish` returns it.
     let Some(policy) = policy else {
         return Err(p
@@ -443,6 +463,7 @@ fn validate(raw: RawFile) -> Result<Config> {
         metrics,
         events,
         ha,
+        checks,
         policy: CompiledPolicy(Arc::new(policy)),
     })
 }
