@@ -108,6 +108,7 @@ pub fn pool_config(capacity: u32, workers: u16) -> NatConfig {
             table_size: Maglev::DEFAULT_SIZE,
             when_empty: Default::default(),
             persistence: Default::default(),
+            reset_on_down: false,
         }],
         ..NatConfig::default()
     }

@@ -54,6 +54,7 @@ fn engine(eif: bool) -> Engine {
             table_size: 101,
             when_empty: Default::default(),
             persistence: Default::default(),
+            reset_on_down: false,
         }],
         pat: vec![PatRule {
             from: vec![Ipv4Net {

@@ -113,6 +113,7 @@ pub(crate) struct RawPool {
     pub(crate) backends: Option<Vec<RawBackend>>,
     pub(crate) when_empty: Option<String>,
     pub(crate) persistence: Option<String>,
+    pub(crate) on_backend_down: Option<String>,
     pub(crate) check: Option<RawCheck>,
 }
 

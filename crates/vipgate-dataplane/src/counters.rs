@@ -45,6 +45,9 @@ pub struct DataplaneCounters {
     pub empty_pool_resets: u64,
     /// New UDP flows to such a pool refused with an ICMP port unreachable.
     pub empty_pool_unreachables: u64,
+    /// TCP segments to a VIP service of a connection the table does not know, answered with
+    /// a RST (the connection's backend went down, or the table lost it).
+    pub tcp_no_conn_resets: u64,
     /// Echo requests to an interface address answered.
     pub gateway_echo_replies: u64,
     /// Frames not sent because no buffer was free.
@@ -70,7 +73,7 @@ impl DataplaneCounters {
     }
 
     /// Every counter as (name, value), for logs and the shutdown report.
-    pub fn named(&self) -> [(&'static str, u64); 26] {
+    pub fn named(&self) -> [(&'static str, u64); 27] {
         [
             ("rx_frames", self.rx_frames),
             ("tx_frames", self.tx_frames),
@@ -92,6 +95,7 @@ impl DataplaneCounters {
             ("icmp_rate_limited", self.icmp_rate_limited),
             ("empty_pool_resets", self.empty_pool_resets),
             ("empty_pool_unreachables", self.empty_pool_unreachables),
+            ("tcp_no_conn_resets", self.tcp_no_conn_resets),
             ("gateway_echo_replies", self.gateway_echo_replies),
             ("drop_no_buffer", self.drop_no_buffer),
             ("drop_standby", self.drop_standby),

@@ -713,6 +713,9 @@ impl<'d> Pipeline<'d> {
             Verdict::Forward(to) => self.egress().forward(frame, l, to, now_ms, out),
             Verdict::Reply => Action::Send { iface, len },
             Verdict::Drop(DropReason::NoBackend) => self.refuse_empty(iface, buf, l, now_ms),
+            Verdict::Drop(DropReason::TcpNoConn) if side == Side::Public => {
+                self.reset_unknown(iface, buf, l, now_ms)
+            }
             Verdict::Drop(_) | Verdict::Held => Action::Release,
         }
     }
@@ -789,6 +792,40 @@ impl<'d> Pipeline<'d> {
                 Action::Send { iface, len }
             }
             (None, _) => Action::Release,
+        }
+    }
+
+    /// A TCP segment to a VIP service for a connection the table does not know (its backend
+    /// was found down and its connections reset, or the table lost it): a RST tells the
+    /// client at once, as the host itself would, instead of leaving it to retransmit into
+    /// nothing. Within the ICMP budget, like every answer to a packet from outside.
+    fn reset_unknown(&mut self, iface: usize, buf: &mut [u8], l: &Layout, now_ms: u64) -> Action {
+        let dp = self.dp;
+        let Transport::Tcp { dport, .. } = l.transport else {
+            return Action::Release;
+        };
+        let Some(ifc) = dp.interfaces.get(iface) else {
+            return Action::Release;
+        };
+        let service = self.worker.snapshot().is_some_and(|s| {
+            s.policy()
+                .dnat(l.dst, vipgate_nat::Proto::Tcp, dport)
+                .is_some()
+        });
+        if !service || !may_answer(l) {
+            return Action::Release;
+        }
+        if !self.icmp_token(now_ms) {
+            self.counters.icmp_rate_limited += 1;
+            return Action::Release;
+        }
+        self.ident = self.ident.wrapping_add(1);
+        match tcp_reset_in_place(buf, l, dp.active_mac(ifc), self.ident) {
+            Some(len) => {
+                self.counters.tcp_no_conn_resets += 1;
+                Action::Send { iface, len }
+            }
+            None => Action::Release,
         }
     }
 

@@ -113,6 +113,7 @@ fn dataplane(icmp_rate: u32) -> Dataplane {
             table_size: 251,
             when_empty,
             persistence: Default::default(),
+            reset_on_down: false,
         })
         .collect(),
         ..NatConfig::default()

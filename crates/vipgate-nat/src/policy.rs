@@ -107,6 +107,9 @@ pub struct Pool {
     pub when_empty: EmptyPool,
     /// What picks a new connection's backend.
     pub persistence: Persistence,
+    /// Whether the connections of a backend that fails its health checks are removed (their
+    /// clients then get a RST at their next segment) instead of kept.
+    pub reset_on_down: bool,
 }
 
 /// What Maglev hashes to pick a new connection's backend.
@@ -789,6 +792,7 @@ mod tests {
             table_size: 251,
             when_empty: Default::default(),
             persistence: Default::default(),
+            reset_on_down: false,
         };
         let mut c = config(vec![]);
         c.pools = vec![pool(vec![b(1, 1), b(2, 1), b(3, 1)])];

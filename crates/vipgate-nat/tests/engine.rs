@@ -85,6 +85,7 @@ fn config() -> NatConfig {
             table_size: 65537,
             when_empty: Default::default(),
             persistence: Default::default(),
+            reset_on_down: false,
         }],
         pat: vec![PatRule {
             from: vec![Ipv4Net::new(Ipv4Addr::new(198, 18, 0, 0), 24).unwrap()],

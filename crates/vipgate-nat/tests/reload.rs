@@ -41,6 +41,7 @@ fn pool(name: &str, port: u16, backends: &[(Ipv4Addr, u32)]) -> Pool {
         table_size: 251,
         when_empty: Default::default(),
         persistence: Default::default(),
+        reset_on_down: false,
     }
 }
 

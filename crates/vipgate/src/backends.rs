@@ -64,11 +64,13 @@ impl BackendStates {
         self.drained.contains(&id)
     }
 
-    /// The backends the health checks find down now; whether that changed anything.
-    pub(crate) fn set_down(&mut self, down: BTreeSet<u32>) -> bool {
+    /// The backends the health checks find down now: whether that changed anything, and
+    /// those newly down.
+    pub(crate) fn set_down(&mut self, down: BTreeSet<u32>) -> (bool, BTreeSet<u32>) {
+        let new: BTreeSet<u32> = down.difference(&self.down).copied().collect();
         let changed = down != self.down;
         self.down = down;
-        changed
+        (changed, new)
     }
 
     /// Whether backend `id` is out of service: drained, or down.
@@ -168,6 +170,7 @@ mod tests {
                 table_size: 65537,
                 when_empty: Default::default(),
                 persistence: Default::default(),
+                reset_on_down: false,
             }],
             ..NatConfig::default()
         }
@@ -209,10 +212,11 @@ mod tests {
             "a backend removed by reload is forgotten"
         );
         let other = find(&nat, "web", "198.18.0.11:8080").unwrap();
-        assert!(s.set_down([other].into()) && !s.set_down([other].into()));
+        assert_eq!(s.set_down([other].into()), (true, [other].into()));
+        assert_eq!(s.set_down([other].into()), (false, BTreeSet::new()));
         let eff = s.effective(&nat).unwrap();
         assert_eq!(eff.pools[0].backends[2].weight, 0, "down: out of service");
-        assert!(s.set_down(BTreeSet::new()));
+        assert_eq!(s.set_down(BTreeSet::new()), (true, BTreeSet::new()));
         assert!(s.effective(&nat).is_none());
     }
 }

@@ -58,6 +58,8 @@ pub(crate) struct Gateway<'a> {
     pub(crate) backends: Mutex<BackendStates>,
     /// The health checks, when some pool has one.
     pub(crate) health: Option<&'a HealthShared>,
+    /// Connections removed because their backend was found down.
+    pub(crate) backend_resets: AtomicU64,
     /// (milliseconds, rx frames, tx frames) at the last two rate samples.
     rate: Mutex<(RateSample, RateSample)>,
 }
@@ -169,6 +171,7 @@ impl<'a> Gateway<'a> {
             sync,
             backends: Mutex::new(BackendStates::default()),
             health,
+            backend_resets: AtomicU64::new(0),
             rate: Mutex::new(((0, 0, 0), (0, 0, 0))),
         }
     }
@@ -368,6 +371,7 @@ impl<'a> Gateway<'a> {
             ("flush_events_lost", self.dp.engine().flush_events_lost()),
             ("host_unclaimed", l(&self.host_unclaimed)),
             ("host_send_failed", self.dp.host().send_failed()),
+            ("backend_down_resets", l(&self.backend_resets)),
         ];
         if let Some(h) = self.ha {
             v.extend(h.counters());
@@ -572,11 +576,51 @@ impl<'a> Gateway<'a> {
     pub(crate) fn set_down(&self, down: std::collections::BTreeSet<u32>) {
         let cfg = self.config.lock().unwrap_or_else(|e| e.into_inner());
         let mut states = self.backends.lock().unwrap_or_else(|e| e.into_inner());
-        if states.set_down(down) {
-            if let Err(e) = self.publish(&cfg, &states) {
-                tracing::error!(error = %e, "health: the new policy was refused");
-            }
+        let (changed, newly_down) = states.set_down(down);
+        if !changed {
+            return;
         }
+        if let Err(e) = self.publish(&cfg, &states) {
+            tracing::error!(error = %e, "health: the new policy was refused");
+        }
+        // Pools that reset: the connections of a backend just found down go; their clients
+        // get a RST at their next segment.
+        let reset: std::collections::BTreeSet<u32> = cfg
+            .nat
+            .pools
+            .iter()
+            .filter(|p| p.reset_on_down)
+            .flat_map(|p| {
+                p.backends
+                    .iter()
+                    .map(|b| backend_id(&p.name, b.addr, b.port))
+            })
+            .filter(|id| newly_down.contains(id))
+            .collect();
+        drop(states);
+        drop(cfg);
+        if reset.is_empty() {
+            return;
+        }
+        let now = self.now_s();
+        let engine = self.dp.engine();
+        let mut ids = Vec::new();
+        engine.table().walk(0, now, |id, r| {
+            if r.state != ConnState::Mapping && reset.contains(&r.backend) {
+                ids.push(id);
+            }
+            true
+        });
+        let flushed = ids
+            .into_iter()
+            .filter(|id| engine.flush(*id, now).is_some())
+            .count();
+        self.backend_resets
+            .fetch_add(flushed as u64, Ordering::Relaxed);
+        tracing::warn!(
+            flushed,
+            "health: connections of backends found down removed (on_backend_down = \"reset\")"
+        );
     }
 
     /// `vipgate drain` (`drained` true) and `vipgate undrain`.

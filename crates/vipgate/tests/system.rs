@@ -2104,3 +2104,51 @@ check = { type = "icmp", interval_ms = 200, timeout_ms = 150 }
         assert!(t.gateway_log().contains("health: backend down"));
     });
 }
+
+/// A pool with `on_backend_down = "reset"`: when its backend fails its checks, the backend's
+/// connections are removed and the client's next segment gets a RST from the VIP.
+#[test]
+fn a_backend_found_down_resets_its_connections_when_the_pool_says_so() {
+    const POOL: &str = r#"
+[[nat.pools]]
+name = "solo"
+vip = "203.0.113.10"
+proto = "tcp"
+port = 8085
+backends = [{ addr = "198.18.0.11", port = 80 }]
+check = { type = "icmp", interval_ms = 200, timeout_ms = 150, rise = 1, fall = 2 }
+on_backend_down = "reset"
+"#;
+    let Some(t) = topology_with(&format!("{CONFIG_BODY}{POOL}"), &[]) else {
+        return;
+    };
+    let service = TcpService::start(&t.h2, sa(H2, 80));
+    with_log(&t, || {
+        poll_until(DEADLINE, "solo up", || {
+            cli_json(&t, &["backends"])
+                .to_string()
+                .contains("\"health\":\"up\"")
+        })
+        .unwrap();
+        let c = t.client.run(|| connect(sa(VIP, 8085))).unwrap();
+        let mut w = &c;
+        writeln!(w, "ECHO").unwrap();
+        assert_eq!(read_line(&c), "ECHO");
+        assert_eq!(echo(&c, "before"), "before");
+        // The backend stops answering its checks (its connection would still work).
+        t.h2.sysctl("net.ipv4.icmp_echo_ignore_all", "1").unwrap();
+        poll_until(DEADLINE, "solo down", || {
+            cli_json(&t, &["backends"])
+                .to_string()
+                .contains("\"health\":\"down\"")
+        })
+        .unwrap();
+        stat_at_least(&t, "backend_down_resets", 1);
+        writeln!(w, "after").unwrap();
+        let mut buf = [0u8; 16];
+        let e = (&c).read(&mut buf).expect_err("the connection was reset");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+        stat_at_least(&t, "tcp_no_conn_resets", 1);
+    });
+    drop(service);
+}

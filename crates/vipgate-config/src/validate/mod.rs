@@ -1460,6 +1460,20 @@ fn pool(p: RawPool, at: &str, vips: &[Ipv4Addr], seg: &Segments<'_>) -> Result<P
             ))
         }
     };
+    let dk = format!("{at}.on_backend_down");
+    let reset_on_down = match p.on_backend_down.as_deref() {
+        None | Some("keep") => false,
+        Some("reset") => true,
+        Some(other) => {
+            return Err(err(
+                &dk,
+                format!(
+                    "{other:?} is not a choice; expected \"keep\" (its connections go on) or \
+                     \"reset\" (they are removed, and their clients reset)"
+                ),
+            ))
+        }
+    };
     Ok(Pool {
         name,
         vip,
@@ -1468,6 +1482,7 @@ fn pool(p: RawPool, at: &str, vips: &[Ipv4Addr], seg: &Segments<'_>) -> Result<P
         backends,
         when_empty,
         persistence,
+        reset_on_down,
         table_size: u32::try_from(table_size).map_err(|_| err(&sk, "out of range"))?,
     })
 }
