@@ -401,6 +401,8 @@ pub struct Ha {
     pub garp_refresh_secs: u32,
     /// Priority lost while any data interface's link is down; 0 tracks nothing.
     pub track_link_penalty: u8,
+    /// Priority lost while a health-checked pool has no backend up; 0 tracks nothing.
+    pub track_pool_penalty: u8,
     /// Connection-state sync with the peer; `None` elects without syncing (failover then
     /// loses every connection).
     pub sync: Option<Sync>,

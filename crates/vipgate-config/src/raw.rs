@@ -204,6 +204,7 @@ pub(crate) struct RawHa {
     pub(crate) garp_interval_ms: Option<Int>,
     pub(crate) garp_refresh_secs: Option<Int>,
     pub(crate) track_link_penalty: Option<Int>,
+    pub(crate) track_pool_penalty: Option<Int>,
     pub(crate) sync: Option<RawSync>,
 }
 

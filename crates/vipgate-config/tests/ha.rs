@@ -49,6 +49,7 @@ fn a_full_section_is_read() {
         garp_interval_ms = 20
         garp_refresh_secs = 0
         track_link_penalty = 60
+        track_pool_penalty = 40
         [ha.sync]
         interface = "sync0"
         local = "198.18.9.1"
@@ -82,6 +83,7 @@ fn a_full_section_is_read() {
         ),
         (3, 20, 0, 60)
     );
+    assert_eq!(ha.track_pool_penalty, 40);
     let s = ha.sync.unwrap();
     assert_eq!(s.interface, "sync0");
     assert_eq!(

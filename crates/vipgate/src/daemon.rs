@@ -375,11 +375,12 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
             if let Some(ha_cfg) = &ha_config {
                 let (dp, shared, clock, unclaimed) = (&dp, &ha_shared, &clock, &gw.host_unclaimed);
                 let sync = sync_config.as_ref().map(|_| &sync_shared);
+                let pools_failed = checks.then_some(&gw.pools_failed);
                 election = Some(
                     std::thread::Builder::new()
                         .name("vipgate-ha".into())
                         .spawn_scoped(s, move || {
-                            ha::run(dp, ha_cfg, shared, clock, unclaimed, sync);
+                            ha::run(dp, ha_cfg, shared, clock, unclaimed, sync, pools_failed);
                         })
                         .map_err(|e| format!("ha: cannot start a thread: {e}"))?,
                 );

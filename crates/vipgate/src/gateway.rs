@@ -60,6 +60,8 @@ pub(crate) struct Gateway<'a> {
     pub(crate) health: Option<&'a HealthShared>,
     /// Connections removed because their backend was found down.
     pub(crate) backend_resets: AtomicU64,
+    /// Whether some health-checked pool has no backend up (the election's tracking).
+    pub(crate) pools_failed: std::sync::atomic::AtomicBool,
     /// (milliseconds, rx frames, tx frames) at the last two rate samples.
     rate: Mutex<(RateSample, RateSample)>,
 }
@@ -172,6 +174,7 @@ impl<'a> Gateway<'a> {
             backends: Mutex::new(BackendStates::default()),
             health,
             backend_resets: AtomicU64::new(0),
+            pools_failed: std::sync::atomic::AtomicBool::new(false),
             rate: Mutex::new(((0, 0, 0), (0, 0, 0))),
         }
     }
@@ -576,6 +579,16 @@ impl<'a> Gateway<'a> {
     pub(crate) fn set_down(&self, down: std::collections::BTreeSet<u32>) {
         let cfg = self.config.lock().unwrap_or_else(|e| e.into_inner());
         let mut states = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        // A checked pool whose every backend in service is down fails: the election lowers
+        // this box's priority, so a peer whose checks pass takes over.
+        let checked: Vec<&str> = cfg.checks.iter().map(|(p, _)| p.as_str()).collect();
+        let failed = cfg.nat.pools.iter().any(|p| {
+            let mut serving = p.backends.iter().filter(|b| b.weight > 0).peekable();
+            checked.contains(&p.name.as_str())
+                && serving.peek().is_some()
+                && serving.all(|b| down.contains(&backend_id(&p.name, b.addr, b.port)))
+        });
+        self.pools_failed.store(failed, Ordering::Release);
         let (changed, newly_down) = states.set_down(down);
         if !changed {
             return;

@@ -169,6 +169,9 @@ struct Runner<'a> {
     fault: bool,
     /// While active, the peer said on the sync link that it is master too.
     split_brain: bool,
+    /// Set by the health checks while some checked pool has no backend up.
+    pools_failed: Option<&'a AtomicBool>,
+    pool_failed: bool,
     last_advert: Option<Instant>,
     spacings: Vec<u32>,
     spacing_at: usize,
@@ -227,6 +230,7 @@ pub(crate) fn run(
     clock: &(dyn Fn() -> u64 + Sync),
     unclaimed: &AtomicU64,
     sync: Option<&SyncShared>,
+    pools_failed: Option<&AtomicBool>,
 ) {
     let Some(ha) = cfg.ha.clone() else {
         return;
@@ -266,6 +270,8 @@ pub(crate) fn run(
         left: false,
         fault: false,
         split_brain: false,
+        pools_failed,
+        pool_failed: false,
         last_advert: None,
         spacings: Vec::with_capacity(SPACINGS),
         spacing_at: 0,
@@ -611,28 +617,51 @@ impl Runner<'_> {
                 self.apply(out);
             }
         }
+        let pool_failed = self.ha.track_pool_penalty > 0
+            && self.pools_failed.is_some_and(|f| f.load(Ordering::Acquire));
+        if pool_failed != self.pool_failed {
+            self.pool_failed = pool_failed;
+            self.election.set_penalty(self.penalty());
+            tracing::warn!(
+                pool_failed,
+                priority = self.election.priority(),
+                "ha: a checked pool has {} backend up",
+                if pool_failed { "no" } else { "a" }
+            );
+            self.publish();
+        }
         if self.ha.track_link_penalty == 0 {
             return;
         }
         if down != self.links_down {
-            let penalty = if down.is_empty() {
-                0
-            } else {
-                self.ha.track_link_penalty
-            };
-            self.election.set_penalty(penalty);
+            let recovered = down.is_empty() && !self.links_down.is_empty();
+            self.links_down = down;
+            self.election.set_penalty(self.penalty());
             tracing::warn!(
-                down = ?down,
+                down = ?self.links_down,
                 priority = self.election.priority(),
                 "ha: data link state changed"
             );
-            let recovered = down.is_empty() && !self.links_down.is_empty();
-            self.links_down = down;
             if recovered {
                 self.announce_again("every data link is up again");
             }
             self.publish();
         }
+    }
+
+    /// The tracking penalty now: links down, pools without a backend up.
+    fn penalty(&self) -> u8 {
+        let links = if self.links_down.is_empty() {
+            0
+        } else {
+            self.ha.track_link_penalty
+        };
+        let pools = if self.pool_failed {
+            self.ha.track_pool_penalty
+        } else {
+            0
+        };
+        links.saturating_add(pools)
     }
 
     fn publish(&self) {

@@ -364,6 +364,44 @@ fn a_data_link_down_lowers_the_priority_and_hands_over() {
     });
 }
 
+/// A health-checked pool with no backend up lowers the priority: a box whose checks fail
+/// (its probes are dropped at the backend) hands over to one whose checks pass.
+#[test]
+fn a_pool_without_a_backend_up_lowers_the_priority() {
+    let pool = r#"
+[[nat.pools]]
+name = "web"
+vip = "203.0.113.10"
+proto = "tcp"
+port = 8080
+backends = [{ addr = "198.18.0.10", port = 80 }]
+check = { type = "icmp", interval_ms = 200, timeout_ms = 150, rise = 1, fall = 2 }
+"#;
+    let Some(p) = pair([
+        BoxKind::Vipgate(format!("{}{pool}", vipgate_body(0, 200, ""))),
+        BoxKind::Vipgate(format!("{}{pool}", vipgate_body(1, 180, ""))),
+    ]) else {
+        return;
+    };
+    with_logs(&p, || {
+        wait_role(&p, 0, "master");
+        wait_role(&p, 1, "backup");
+        // h1 stops answering box a's probes (and only box a's).
+        let rules = "table ip probe {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    ip saddr 198.18.0.2 icmp type echo-request drop\n  }\n}\n";
+        let file = p.box_dir(0).join("probe.nft");
+        std::fs::write(&file, rules).unwrap();
+        p.h1.exec(&["nft", "-f", &file.to_string_lossy()]).unwrap();
+        wait_role(&p, 1, "master");
+        wait_role(&p, 0, "backup");
+        assert_eq!(ha(&p, 0)["priority"], 150);
+        // Its checks pass again: full priority, and it preempts back.
+        p.h1.exec(&["nft", "delete", "table", "ip", "probe"])
+            .unwrap();
+        wait_role(&p, 0, "master");
+        assert_eq!(ha(&p, 0)["priority"], 200);
+    });
+}
+
 #[test]
 fn vipgate_and_keepalived_elect_the_same_master_both_ways_round() {
     if std::process::Command::new("keepalived")

@@ -49,6 +49,13 @@ pub(super) fn ha(raw: RawHa, interfaces: Option<&[Interface]>, p: &mut Problems)
         0,
         254,
     ));
+    let pool_penalty = p.take(int(
+        raw.track_pool_penalty,
+        50,
+        "ha.track_pool_penalty",
+        0,
+        254,
+    ));
     let interface = interfaces.and_then(|ifs| p.take(election_interface(raw.interface, ifs)));
     let peers = match (interfaces, interface) {
         (Some(ifs), Some(i)) => p.take(peers(raw.peers.unwrap_or_default(), ifs.get(i))),
@@ -73,6 +80,7 @@ pub(super) fn ha(raw: RawHa, interfaces: Option<&[Interface]>, p: &mut Problems)
         garp_interval_ms: u32::try_from(garp_interval_ms?).ok()?,
         garp_refresh_secs: u32::try_from(garp_refresh_secs?).ok()?,
         track_link_penalty: u8::try_from(penalty?).ok()?,
+        track_pool_penalty: u8::try_from(pool_penalty?).ok()?,
         sync,
     })
 }
