@@ -30,6 +30,8 @@ use crate::gateway::Gateway;
 
 /// The longest the thread sleeps between two rounds.
 const TICK: Duration = Duration::from_millis(2);
+/// How often the view of `vipgate backends` is rebuilt at most (and at every change).
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 /// How often a next hop that does not answer ARP is asked again.
 const ARP_EVERY: Duration = Duration::from_secs(1);
 /// Bytes of an HTTP answer read at most (the status line and a body to search).
@@ -302,6 +304,7 @@ pub(crate) fn run(gw: &Gateway<'_>, shared: &HealthShared, clock: &(dyn Fn() -> 
     let mut next_port = PORT_LO;
     let mut icmp_seq: u16 = 0;
     let mut closing: Vec<SocketHandle> = Vec::new();
+    let mut next_publish = Instant::now();
     while !shared.stop.load(Ordering::Acquire) {
         let g = dp.engine().snapshot().generation();
         if g != generation {
@@ -339,6 +342,12 @@ pub(crate) fn run(gw: &Gateway<'_>, shared: &HealthShared, clock: &(dyn Fn() -> 
                 changed |= record(t, result);
             }
         }
+        if changed || now >= next_publish {
+            // The view for `vipgate backends` and the metrics, a few times a second: rebuilding
+            // it every round would cost more than the probes.
+            next_publish = now + PUBLISH_EVERY;
+            publish(shared, &targets);
+        }
         if changed {
             gw.set_down(
                 targets
@@ -348,7 +357,6 @@ pub(crate) fn run(gw: &Gateway<'_>, shared: &HealthShared, clock: &(dyn Fn() -> 
                     .collect(),
             );
         }
-        publish(shared, &targets);
         let _ = stack.poll(now_smol(), &mut device, &mut sockets);
         // Aborted probes sent their RST in the poll above: now they can go.
         for h in closing.drain(..) {
