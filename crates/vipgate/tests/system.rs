@@ -1790,10 +1790,25 @@ fn a_drained_backend_gets_no_new_connections_and_keeps_its_own() {
                 .unwrap()
         };
         let before = open(20);
+        // Long transfers, started before the drain: some of them on h2.
+        let transfers: Vec<TcpStream> = t
+            .client
+            .run(|| (0..6).map(|_| connect(sa(VIP, 8080))).collect())
+            .unwrap();
         let on_h2 = conns_of("198.18.0.11:80");
-        assert!(on_h2 > 0, "Maglev gave h2 some of 20 connections");
+        assert!(on_h2 > 0, "Maglev gave h2 some of 26 connections");
 
-        let drained = cli_json(&t, &["drain", "a", "198.18.0.11"]);
+        let mut drained = serde_json::Value::Null;
+        for (k, c) in transfers.iter().enumerate() {
+            // The drain lands in the middle of the first transfer; the others were open.
+            download(c, 2 << 20, k as u64, |block| {
+                if k == 0 && block == 4 {
+                    drained = cli_json(&t, &["drain", "a", "198.18.0.11"]);
+                }
+            })
+            .unwrap_or_else(|e| panic!("transfer {k}: {e}"));
+        }
+        drop(transfers);
         assert_eq!(drained["changed"], true, "{drained}");
         let b = cli_json(&t, &["backends"]);
         let h2 = b["backends"]
@@ -1812,17 +1827,24 @@ fn a_drained_backend_gets_no_new_connections_and_keeps_its_own() {
         assert!(err.contains("198.18.0.10:80, 198.18.0.11:80"), "{err}");
 
         // New connections all go to h1; the old ones on h2 go on.
+        // Every new connection from now on goes to h1.
+        let h1_before = conns_of("198.18.0.10:80");
         let after = open(40);
-        assert_eq!(conns_of("198.18.0.11:80"), on_h2, "no new connection on h2");
+        assert_eq!(
+            conns_of("198.18.0.10:80"),
+            h1_before + 40,
+            "every new connection on h1"
+        );
         for (i, c) in before.iter().enumerate() {
             assert_eq!(echo(c, &format!("still {i}")), format!("still {i}"));
         }
         // A reload of the same file keeps the drain.
         assert_eq!(cli_json(&t, &["reload"])["generation"], 3);
+        let h1_before = conns_of("198.18.0.10:80");
         let more = open(20);
         assert_eq!(
-            conns_of("198.18.0.11:80"),
-            on_h2,
+            conns_of("198.18.0.10:80"),
+            h1_before + 20,
             "still drained after reload"
         );
 
@@ -1830,9 +1852,10 @@ fn a_drained_backend_gets_no_new_connections_and_keeps_its_own() {
             cli_json(&t, &["undrain", "a", "198.18.0.11:80"])["changed"],
             true
         );
+        let h2_before = conns_of("198.18.0.11:80");
         let back = open(40);
         assert!(
-            conns_of("198.18.0.11:80") > on_h2,
+            conns_of("198.18.0.11:80") > h2_before,
             "h2 gets new connections again"
         );
         drop((after, more, back));
