@@ -1858,7 +1858,24 @@ fn a_drained_backend_gets_no_new_connections_and_keeps_its_own() {
             conns_of("198.18.0.11:80") > h2_before,
             "h2 gets new connections again"
         );
-        drop((after, more, back));
+        // A reload removes h2 from the pool: every connection goes on, h1's untouched, h2's
+        // until they end; new ones all go to h1.
+        let path = t.config_path().unwrap().to_path_buf();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let smaller = text.replace(
+            "backends = [{ addr = \"198.18.0.10\", port = 80, weight = 1 }, { addr = \"198.18.0.11\", port = 80, weight = 1 }]",
+            "backends = [{ addr = \"198.18.0.10\", port = 80, weight = 1 }]",
+        );
+        assert_ne!(smaller, text);
+        std::fs::write(&path, smaller).unwrap();
+        cli_json(&t, &["reload"]);
+        for (i, c) in before.iter().chain(&after).enumerate() {
+            assert_eq!(echo(c, &format!("reloaded {i}")), format!("reloaded {i}"));
+        }
+        let h1_before = conns_of("198.18.0.10:80");
+        let last = open(20);
+        assert_eq!(conns_of("198.18.0.10:80"), h1_before + 20);
+        drop((after, more, back, last));
     });
     drop((s1, s2));
 }
