@@ -676,7 +676,7 @@ impl<'a> Gateway<'a> {
                 Command::Leave
             };
             if !h.command(c) {
-                return error("the election thread did not take the request within 2 s");
+                return error("the election thread did not carry out the request within 4 s");
             }
             return ok(json!({
                 "role": self.role(),

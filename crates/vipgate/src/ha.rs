@@ -31,6 +31,8 @@ const SPACINGS: usize = 4096;
 const PICKUP_SECS: u32 = 10;
 /// The shortest time between two extra announcement bursts.
 const REANNOUNCE_MIN: Duration = Duration::from_secs(1);
+/// The longest a leaving master goes on forwarding while its backup takes over.
+const HANDOVER_MAX: Duration = Duration::from_secs(2);
 /// How long a graceful stop waits for its priority-0 advert to leave.
 const STOP_FLUSH: Duration = Duration::from_millis(500);
 
@@ -315,8 +317,7 @@ pub(crate) fn run(
         // Sleep to the next deadline, but look at the host path every tick.
         std::thread::sleep(TICK);
     }
-    let out = r.election.shutdown();
-    r.apply(out);
+    r.leave();
     r.publish();
     // Let the workers send the priority-0 advert before they stop.
     let deadline = Instant::now() + STOP_FLUSH;
@@ -361,36 +362,41 @@ impl Runner<'_> {
     }
 
     fn take_command(&mut self, now_ms: u64) {
-        let Some(c) = self
+        // Cleared only once carried out, so the operator's command returns with it done.
+        let Some(c) = *self
             .shared
             .command
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
         else {
             return;
         };
         match c {
             Command::Leave if !self.left => {
                 self.left = true;
-                let out = self.election.shutdown();
                 tracing::info!("ha: leaving the virtual router on the operator's request");
-                self.apply(out);
+                self.leave();
             }
             Command::Join if self.left => {
                 self.left = false;
                 if self.fault {
                     tracing::info!("ha: joins once the election interface has carrier");
-                    self.publish();
-                    return;
+                } else {
+                    tracing::info!(
+                        "ha: joining the virtual router again on the operator's request"
+                    );
+                    let out = self.election.start(now_ms);
+                    self.apply(out);
                 }
-                tracing::info!("ha: joining the virtual router again on the operator's request");
-                let out = self.election.start(now_ms);
-                self.apply(out);
             }
             _ => {}
         }
         self.publish();
+        *self
+            .shared
+            .command
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Sends what the election asked for and follows its role with the gate.
@@ -458,6 +464,42 @@ impl Runner<'_> {
         if out.reannounce {
             self.announce_again("another master was on the segment");
         }
+    }
+
+    /// Leaves the virtual router (a graceful stop, or `vipgate standby`). A master sends its
+    /// priority-0 advert but goes on forwarding until the backup's first advert as master
+    /// (or a few intervals): the backup waits its skew time before it takes over, and
+    /// traffic that reaches this box meanwhile is not dropped. Then the gate closes.
+    fn leave(&mut self) {
+        let was_master = self.election.role() == Role::Master;
+        let out = self.election.shutdown();
+        if !was_master {
+            self.apply(out);
+            return;
+        }
+        if let Some(priority) = out.advert {
+            self.send_advert(priority);
+        }
+        let interval = Duration::from_millis(u64::from(self.ha.advert_interval_ms));
+        let deadline =
+            Instant::now() + (interval * 4).clamp(Duration::from_millis(20), HANDOVER_MAX);
+        let vrid = self.ha.vrid;
+        'wait: while Instant::now() < deadline {
+            while let Some(f) = self.dp.host().receive(Listener::Election) {
+                let heard = Advert::parse_frame(f.data()).ok();
+                self.dp.host().recycle(f);
+                if heard.is_some_and(|r| r.advert.vrid == vrid && r.advert.priority > 0) {
+                    break 'wait;
+                }
+            }
+            std::thread::sleep(TICK);
+        }
+        // Now the transition: the gate closes, the role is logged.
+        let out = vipgate_ha::election::Output {
+            advert: None,
+            ..out
+        };
+        self.apply(out);
     }
 
     /// After two masters (a partition), the one that stays announces again once the other

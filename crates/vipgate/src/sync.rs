@@ -26,6 +26,9 @@ use vipgate_nat::{ConnState, InsertError};
 
 /// The longest the thread sleeps between two rounds.
 const TICK: Duration = Duration::from_millis(1);
+/// Bytes of the sync socket's kernel buffers each way: a full send window (4096 messages of
+/// 1400 bytes is 5.7 MB) fits.
+const SOCKET_BUFFER: libc::c_int = 8 << 20;
 /// Records a bulk walk offers per round at most, so one round stays short.
 const BULK_PER_ROUND: usize = 4096;
 /// How long after losing the active role this box still streams what its workers report:
@@ -139,6 +142,31 @@ pub(crate) fn bind(cfg: &Sync) -> Result<(UdpSocket, SyncKey), String> {
             cfg.interface,
             std::io::Error::last_os_error()
         ));
+    }
+    // A bulk copy sends hundreds of datagrams a millisecond; the kernel's default buffers
+    // (about 200 KiB) overflow and every loss costs a go-back-N retransmission. As root,
+    // FORCE passes the rmem_max/wmem_max limits; otherwise the plain option does what the
+    // limits allow.
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let size: libc::c_int = SOCKET_BUFFER;
+        for opt in [force, plain] {
+            // SAFETY: size is a live c_int of the length given.
+            let rc = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    std::ptr::from_ref(&size).cast(),
+                    libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(0),
+                )
+            };
+            if rc == 0 {
+                break;
+            }
+        }
     }
     socket
         .set_nonblocking(true)
