@@ -13,7 +13,7 @@
 //!  box a sync0 198.18.9.1/30 --- box b sync0 198.18.9.2/30 (kernel addresses)
 //! ```
 //!
-//! Each box runs vipgate ([`BoxKind::Vipgate`]), keepalived with kernel addresses
+//! Each box runs vipgate ([`BoxKind::Vipgate`], [`BoxKind::VipgateOnCores`]), keepalived with kernel addresses
 //! ([`BoxKind::Keepalived`], a VRRP peer to check interoperation), or the kernel as a NAT
 //! gateway with keepalived, conntrackd and nftables ([`BoxKind::KernelNat`], the stack
 //! vipgate is compared with). Nine namespaces, unique names, removed on drop with every
@@ -62,8 +62,17 @@ pub mod ifname {
 /// What runs on a box.
 #[derive(Clone, Debug)]
 pub enum BoxKind {
-    /// vipgate with this configuration body (after `[workers]` and `[xdp]`).
+    /// vipgate with this configuration body (after `[workers]` and `[xdp]`), its worker on
+    /// CPU 0.
     Vipgate(String),
+    /// vipgate with this configuration body and `workers.cores`: on a small machine, each
+    /// box's worker on a core of its own, as two machines would have.
+    VipgateOnCores {
+        /// The configuration after `[workers]` and `[xdp]`.
+        body: String,
+        /// `workers.cores`.
+        cores: Vec<usize>,
+    },
     /// keepalived with this configuration, with kernel addresses on the box's interfaces
     /// and forwarding on (it only elects: no NAT).
     Keepalived(String),
@@ -250,9 +259,16 @@ impl Pair {
         let n = self.boxes.get(i).ok_or("no such box")?;
         let kind = self.spec.boxes.get(i).cloned().ok_or("no such box")?;
         let child = match kind {
-            BoxKind::Vipgate(body) => {
+            BoxKind::Vipgate(_) | BoxKind::VipgateOnCores { .. } => {
+                let (body, cores) = match kind {
+                    BoxKind::VipgateOnCores { body, cores } => (body, cores),
+                    BoxKind::Vipgate(body) => (body, vec![0]),
+                    _ => return Err("not a vipgate box".into()),
+                };
+                let cores: Vec<String> = cores.iter().map(ToString::to_string).collect();
                 let text = format!(
-                    "# Written by vipgate-netns for one pair topology.\n[workers]\ncores = [0]\n\n[xdp]\nmode = \"{}\"\n\n{body}",
+                    "# Written by vipgate-netns for one pair topology.\n[workers]\ncores = [{}]\n\n[xdp]\nmode = \"{}\"\n\n{body}",
+                    cores.join(", "),
                     self.spec.mode.as_str()
                 );
                 fs::write(&config, text)
@@ -425,7 +441,10 @@ impl Pair {
     /// # Errors
     /// It was not running, or did not exit in time.
     pub fn stop_gracefully(&mut self, i: usize) -> Result<String, String> {
-        if matches!(self.spec.boxes.get(i), Some(BoxKind::Vipgate(_))) {
+        if matches!(
+            self.spec.boxes.get(i),
+            Some(BoxKind::Vipgate(_) | BoxKind::VipgateOnCores { .. })
+        ) {
             return self.stop(i).map(|x| x.stderr);
         }
         let c = self
