@@ -21,7 +21,8 @@
 //! `failover [--vipgate PATH] [--rounds 5] [--intervals 1000,100,10] [--modes kill,links,stop]
 //! [--stacks vipgate,kernel] [--parts failover,sync,steady] [--steady-secs 60]
 //! [--sync-conns 100000] [--lag-samples 200] [--tcp-conns 200] [--tcp-interval-ms 50]
-//! [--probe-interval-ms 1] [--deadline-secs 30] [--xdp-mode skb|drv] [--log-dir DIR]
+//! [--probe-interval-ms 1] [--deadline-secs 30] [--xdp-mode skb|drv] [--cores split|shared]
+//! [--log-dir DIR]
 //! [--write FILE] [--commit HASH] [--command TEXT]`
 //!
 //! Root only. Everything happens inside namespaces each run creates and removes (also on
@@ -171,6 +172,9 @@ struct Options {
     probe_interval_us: u64,
     deadline: Duration,
     xdp_mode: XdpMode,
+    /// Each vipgate box's worker on a core of its own (box a CPU 0, box b CPU 1), or both
+    /// on CPU 0 as in the HA tests.
+    split_cores: bool,
     log_dir: PathBuf,
     write: Option<PathBuf>,
     commit: String,
@@ -216,6 +220,7 @@ fn parse_args() -> Result<Options, String> {
         probe_interval_us: 1000,
         deadline: Duration::from_secs(30),
         xdp_mode: XdpMode::Skb,
+        split_cores: true,
         log_dir: std::env::temp_dir().join(format!("bench-failover-{}", std::process::id())),
         write: None,
         commit: String::from("unknown"),
@@ -279,6 +284,13 @@ fn parse_args() -> Result<Options, String> {
                     "skb" => XdpMode::Skb,
                     "drv" => XdpMode::Drv,
                     _ => return Err(format!("--xdp-mode: {v:?}; expected skb or drv")),
+                };
+            }
+            "--cores" => {
+                o.split_cores = match v.as_str() {
+                    "split" => true,
+                    "shared" => false,
+                    _ => return Err(format!("--cores: {v:?}; expected split or shared")),
                 };
             }
             "--log-dir" => o.log_dir = PathBuf::from(v),
@@ -359,7 +371,10 @@ fn build(o: &Options, stack: Stack, advert_ms: u32) -> Result<Pair, String> {
     // Room for the sync benchmark's connections, twice over.
     let capacity = (o.sync_conns * 2).max(65_536).next_power_of_two();
     let boxes = match stack {
-        Stack::Vipgate => [0, 1].map(|i| BoxKind::Vipgate(vipgate_body(i, advert_ms, capacity))),
+        Stack::Vipgate => [0, 1].map(|i| BoxKind::VipgateOnCores {
+            body: vipgate_body(i, advert_ms, capacity),
+            cores: vec![if o.split_cores { i } else { 0 }],
+        }),
         Stack::Kernel => [0, 1]
             .map(|i| kernel::kernel_nat(i, PRIORITY.get(i).copied().unwrap_or(100), advert_ms)),
     };
@@ -1244,6 +1259,9 @@ struct RunResult {
     worst_stall_ms: Option<f64>,
     /// From the failure to the backup's first advert on the wire.
     takeover_ms: Option<f64>,
+    /// Adverts the backup sent before the failure (it sends only as master: a spurious
+    /// takeover).
+    backup_adverts_before: usize,
 }
 
 fn save(dir: &Path, name: &str, text: &str) {
@@ -1339,11 +1357,15 @@ fn failover_run(
     let conns = tcp.finish();
     let probe = probe.finish();
     let b_last = addr::PUBLIC[1].octets()[3];
+    let adverts = adverts.finish()?;
     let t_master = adverts
-        .finish()?
         .iter()
         .find(|(t, d)| *t > t_fail && d.first() == Some(&b_last))
         .map(|(t, _)| *t);
+    let backup_adverts_before = adverts
+        .iter()
+        .filter(|(t, d)| *t <= t_fail && d.first() == Some(&b_last))
+        .count();
     let (gap, resumed, probes_lost) = probe.outage(t_fail, t_end);
     let (quiet, _, _) = probe.outage(t_fail.saturating_sub(QUIET_WINDOW_US), t_fail);
     let (silence, _) = longest_gap(&probe.arrivals(), t_fail, t_end);
@@ -1378,6 +1400,7 @@ fn failover_run(
         total: conns.len(),
         worst_stall_ms: worst.map(ms),
         takeover_ms: t_master.map(|t| ms(t - t_fail)),
+        backup_adverts_before,
     };
     let mut summary = format!(
         "{} advert {advert_ms} ms, {}, round {round}\nfailure at {}.{:06} (unix time)\nresult: {r:?}\nprobe: {} sent, {} echoed\n",
@@ -1789,7 +1812,22 @@ fn steady_run(o: &Options, stack: Stack) -> Result<Steady, String> {
             "kernel"
         }
     ));
-    save(&dir, "summary.txt", &format!("{r:?}\n"));
+    let mut wire = String::new();
+    for (t, d) in &frames {
+        let _ = writeln!(
+            wire,
+            "{}.{:06} 203.0.113.{}",
+            t / 1_000_000,
+            t % 1_000_000,
+            d.first().copied().unwrap_or(0)
+        );
+    }
+    save(
+        &dir,
+        "summary.txt",
+        &format!("period {t0} to {t1} (µs, unix time)\n{r:?}\n"),
+    );
+    save(&dir, "adverts.txt", &wire);
     save_logs(&p, stack, &dir, "");
     Ok(r)
 }
@@ -1867,19 +1905,35 @@ fn report(o: &Options, r: &Results, started: &str) -> String {
         let _ = writeln!(
             s,
             "**Failover** ({} rounds each, a fresh pair every round; {} TCP connections, \
-             one line each way every {} ms; UDP probe every {} ms):\n",
+             one line each way every {} ms; UDP probe every {} ms; vipgate in {} mode, {}):\n",
             o.rounds,
             o.tcp_conns,
             o.tcp_interval_ms,
-            o.probe_interval_us / 1000
+            o.probe_interval_us / 1000,
+            o.xdp_mode.as_str(),
+            if o.split_cores {
+                "box a's worker on CPU 0, box b's on CPU 1"
+            } else {
+                "both boxes' workers on CPU 0"
+            }
         );
         let _ = writeln!(
             s,
-            "| advert | failure | stack | traffic gap, median (max) | probes lost, median | gap in the 3 s before, median (max) | connections kept of {}, median (min) | worst connection stall, median (max) | backup's first advert after, median |",
+            "| advert | failure | stack | traffic gap, median (max) | probes lost, median | gap in the 3 s before, median (max) | rounds with a spurious takeover before the failure | connections kept of {}, median (min) | worst connection stall, median (max) | backup's first advert after, median |",
             o.tcp_conns
         );
-        let _ = writeln!(s, "|---:|---|---|---:|---:|---:|---:|---:|---:|");
-        for ((interval, mode, stack), runs) in &r.failover {
+        let _ = writeln!(s, "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        let keys = o.intervals.iter().flat_map(|i| {
+            o.modes
+                .iter()
+                .flat_map(move |m| o.stacks.iter().map(move |s| (*i, *m, *s)))
+        });
+        for key in keys {
+            let Some(runs) = r.failover.get(&key) else {
+                continue;
+            };
+            let (interval, mode, stack) = key;
+            let spurious = runs.iter().filter(|x| x.backup_adverts_before > 0).count();
             let gaps: Vec<f64> = runs.iter().map(|x| x.gap_ms).collect();
             let quiet: Vec<f64> = runs.iter().map(|x| x.quiet_gap_ms).collect();
             let lost: Vec<f64> = runs.iter().map(|x| x.probes_lost as f64).collect();
@@ -1889,7 +1943,7 @@ fn report(o: &Options, r: &Results, started: &str) -> String {
             let unresumed = runs.iter().filter(|x| !x.resumed).count();
             let _ = writeln!(
                 s,
-                "| {interval} ms | {} | {} | {} ({}){} | {:.0} | {} ({}) | {:.0} ({:.0}) | {} ({}) | {} |",
+                "| {interval} ms | {} | {} | {} ({}){} | {:.0} | {} ({}) | {spurious} of {} | {:.0} ({:.0}) | {} ({}) | {} |",
                 mode.name(),
                 stack.name(),
                 fmt_ms(median(&gaps)),
@@ -1902,6 +1956,7 @@ fn report(o: &Options, r: &Results, started: &str) -> String {
                 median(&lost).unwrap_or(0.0),
                 fmt_ms(median(&quiet)),
                 fmt_ms(percentile(&quiet, 100.0)),
+                runs.len(),
                 median(&kept).unwrap_or(0.0),
                 percentile(&kept, 0.0).unwrap_or(0.0),
                 fmt_ms(median(&stalls)),
@@ -1955,10 +2010,14 @@ fn report(o: &Options, r: &Results, started: &str) -> String {
         }
     }
     if !r.steady.is_empty() {
-        let _ = writeln!(s, "**Steady**, 10 ms adverts, under the same load:\n");
+        let _ = writeln!(
+            s,
+            "**Steady**, 10 ms adverts, under the same load, {} s:\n",
+            o.steady_secs
+        );
         let _ = writeln!(s, "| stack | period | role changes | adverts from the master | spacing on the wire p50 / p99 / max | spacing vipgate reports p99 / max (samples) | adverts from the backup | probe's longest gap (lost) | connections failed | worst connection stall |");
         let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for (stack, x) in &r.steady {
+        for (stack, x) in o.stacks.iter().filter_map(|s| Some((s, r.steady.get(s)?))) {
             let _ = writeln!(
                 s,
                 "| {} | {} s | {} | {} | {} / {} / {} | {} | {} | {} ({}) | {} | {} |",
@@ -2038,7 +2097,7 @@ fn run(o: &Options) -> Result<Results, String> {
                         match failover_run(o, stack, interval, mode, round) {
                             Ok(x) => {
                                 eprintln!(
-                                    "  gap {:.1} ms{} ({} lost, no echo for {:.1} ms), kept {}/{}, worst stall {}, takeover {}",
+                                    "  gap {:.1} ms{} ({} lost, no echo for {:.1} ms), kept {}/{}, worst stall {}, takeover {}, backup adverts before {}",
                                     x.gap_ms,
                                     if x.resumed { "" } else { " (never resumed)" },
                                     x.probes_lost,
@@ -2046,7 +2105,8 @@ fn run(o: &Options) -> Result<Results, String> {
                                     x.kept,
                                     x.total,
                                     fmt_ms(x.worst_stall_ms),
-                                    fmt_ms(x.takeover_ms)
+                                    fmt_ms(x.takeover_ms),
+                                    x.backup_adverts_before
                                 );
                                 r.failover
                                     .entry((interval, mode, stack))
