@@ -14,6 +14,9 @@
 #   kill    SIGKILL to every process of the box (vipgate; keepalived, conntrackd)
 #   links   its two data links down (from the network's side, a box that died)
 #   stop    a graceful stop (SIGTERM: vipgate; keepalived, then conntrackd)
+#   flap    no failure: the public switch drops the master's adverts towards the backup for
+#           three intervals and 100 ms, so the backup takes over and yields again (a
+#           spurious takeover, as a late advert makes one)
 # Reported, medians over the rounds: the traffic gap (the probe's longest run of lost
 # datagrams), connections kept (of 200: each must exchange 3 more lines within 30 s), the
 # worst connection's stall, when the backup's first advert appeared. Then the state sync's
@@ -23,9 +26,11 @@
 # benches/src/bin/failover.rs.
 #
 # Options: --rounds N (5), --intervals LIST (1000,100,10: advert intervals in ms, multiples
-# of 10), --modes LIST (kill,links,stop), --stacks LIST (vipgate,kernel), --parts LIST
+# of 10), --modes LIST (kill,links,stop,flap), --stacks LIST (vipgate,kernel), --parts LIST
 # (failover,sync,steady), --steady-secs S (60; --steady-secs 600 for ten minutes),
-# --sync-conns N (100000), --lag-samples N (200), --xdp-mode skb|drv (skb), --write (put the
+# --sync-conns N (100000), --lag-samples N (200), --xdp-mode skb|drv (skb), --cores
+# split|shared (split: each vipgate box's worker on a CPU of its own, as two machines would
+# have; shared: both on CPU 0, as the HA tests), --write (put the
 # results into docs/BENCHMARKS.md between its markers), --log-dir DIR (every run's logs;
 # default a new directory under /tmp, kept).
 # Environment: LAB_NO_APT=1 (skip apt when every tool is present), LAB_VIPGATE_BIN (a vipgate
@@ -43,7 +48,7 @@ command_line="./scripts/bench-failover.sh${*:+ $*}"
 while (($# > 0)); do
     case $1 in
     --rounds | --intervals | --modes | --stacks | --parts | --steady-secs | --sync-conns | \
-        --lag-samples | --xdp-mode)
+        --lag-samples | --xdp-mode | --cores)
         (($# >= 2)) || vg_die "$1 needs a value"
         args+=("$1" "$2")
         shift

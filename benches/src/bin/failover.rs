@@ -9,8 +9,10 @@
 //! to VIP:5353 (DNAT to an echo on h1), one datagram every `--probe-interval-ms`, echoes
 //! timestamped by the kernel on arrival. Once the standby holds every connection, box a
 //! fails (`kill`: SIGKILL to every process of the box; `links`: both data links down;
-//! `stop`: a graceful stop) and the run waits until every connection has exchanged 3 more
-//! messages, or has failed, or 30 s passed.
+//! `stop`: a graceful stop), or, in `flap`, nothing fails but the public switch drops box a's
+//! adverts towards box b for three intervals and 100 ms (a spurious takeover and back); the
+//! run waits until every connection has exchanged 3 more messages, or has failed, or 30 s
+//! passed.
 //!
 //! Also: the sync's bulk throughput (N connections made on the master with crafted UDP
 //! frames, then copied to a standby in one bulk), the lag from a connection's first packet
@@ -18,7 +20,7 @@
 //! timestamped by the kernel), and a steady period under load with 10 ms adverts (role
 //! changes, advert spacing on the wire and as vipgate reports it).
 //!
-//! `failover [--vipgate PATH] [--rounds 5] [--intervals 1000,100,10] [--modes kill,links,stop]
+//! `failover [--vipgate PATH] [--rounds 5] [--intervals 1000,100,10] [--modes kill,links,stop,flap]
 //! [--stacks vipgate,kernel] [--parts failover,sync,steady] [--steady-secs 60]
 //! [--sync-conns 100000] [--lag-samples 200] [--tcp-conns 200] [--tcp-interval-ms 50]
 //! [--probe-interval-ms 1] [--deadline-secs 30] [--xdp-mode skb|drv] [--cores split|shared]
@@ -142,6 +144,7 @@ enum Mode {
     Kill,
     Links,
     Stop,
+    Flap,
 }
 
 impl Mode {
@@ -150,6 +153,7 @@ impl Mode {
             Mode::Kill => "SIGKILL",
             Mode::Links => "data links down",
             Mode::Stop => "graceful stop",
+            Mode::Flap => "backup misses adverts (no failure)",
         }
     }
 }
@@ -207,7 +211,7 @@ fn parse_args() -> Result<Options, String> {
         vipgate: exe.with_file_name("vipgate"),
         rounds: 5,
         intervals: vec![1000, 100, 10],
-        modes: vec![Mode::Kill, Mode::Links, Mode::Stop],
+        modes: vec![Mode::Kill, Mode::Links, Mode::Stop, Mode::Flap],
         stacks: vec![Stack::Vipgate, Stack::Kernel],
         failover: true,
         sync: true,
@@ -250,6 +254,7 @@ fn parse_args() -> Result<Options, String> {
                     "kill" => Some(Mode::Kill),
                     "links" => Some(Mode::Links),
                     "stop" => Some(Mode::Stop),
+                    "flap" => Some(Mode::Flap),
                     _ => None,
                 })?;
             }
@@ -1291,6 +1296,30 @@ fn save_logs(p: &Pair, stack: Stack, dir: &Path, failed_box_log: &str) {
     }
 }
 
+/// Drops (or no longer drops) VRRP frames that the public switch forwards to box b.
+fn block_adverts_to_b(p: &Pair, block: bool) -> Result<(), String> {
+    let port = vipgate_netns::pair::ifname::SW_BOX[1];
+    let cmds: Vec<Vec<&str>> = if block {
+        vec![
+            vec!["nft", "add", "table", "bridge", "vgflap"],
+            vec![
+                "nft", "add", "chain", "bridge", "vgflap", "forward", "{", "type", "filter",
+                "hook", "forward", "priority", "0", ";", "policy", "accept", ";", "}",
+            ],
+            vec![
+                "nft", "add", "rule", "bridge", "vgflap", "forward", "oifname", port, "ip",
+                "protocol", "112", "drop",
+            ],
+        ]
+    } else {
+        vec![vec!["nft", "delete", "table", "bridge", "vgflap"]]
+    };
+    for c in cmds {
+        p.pubsw.exec(&c).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 fn failover_run(
     o: &Options,
     stack: Stack,
@@ -1341,11 +1370,21 @@ fn failover_run(
             String::new()
         }
         Mode::Stop => p.stop_gracefully(0)?,
+        Mode::Flap => {
+            // The switch drops the master's adverts towards box b for three intervals and
+            // 100 ms: box b takes over, then hears box a again and yields.
+            block_adverts_to_b(&p, true)?;
+            sleep(Duration::from_millis(3 * u64::from(advert_ms) + 100))?;
+            block_adverts_to_b(&p, false)?;
+            String::new()
+        }
     };
     let deadline = t_fail + u64::try_from(o.deadline.as_micros()).unwrap_or(0);
-    wait_for(o.deadline, Duration::from_millis(20), || {
-        is_master(&p, stack, 1)
-    })?;
+    if mode != Mode::Flap {
+        wait_for(o.deadline, Duration::from_millis(20), || {
+            is_master(&p, stack, 1)
+        })?;
+    }
     let remaining = Duration::from_micros(deadline.saturating_sub(now_us()));
     wait_for(remaining, Duration::from_millis(50), || {
         Ok(tcp.settled() >= o.tcp_conns && probe.last_echo() > t_fail)
@@ -1424,6 +1463,17 @@ fn failover_run(
         stalls.iter().filter(|x| **x > normal).count()
     );
     save(&dir, "summary.txt", &summary);
+    let mut wire = String::new();
+    for (t, d) in &adverts {
+        let _ = writeln!(
+            wire,
+            "{}.{:06} 203.0.113.{}",
+            t / 1_000_000,
+            t % 1_000_000,
+            d.first().copied().unwrap_or(0)
+        );
+    }
+    save(&dir, "adverts.txt", &wire);
     save_logs(&p, stack, &dir, &failed_log);
     drop(p);
     Ok(r)
@@ -1782,9 +1832,16 @@ fn steady_run(o: &Options, stack: Stack) -> Result<Steady, String> {
         .count();
     let mut worst = None;
     let mut failed = 0;
+    let mut reasons: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     for c in &conns {
-        if c.failed.is_some() {
+        if let Some((at, why)) = &c.failed {
             failed += 1;
+            // Line contents differ by connection: keep the kind of failure.
+            let kind = why.split(", expected").next().unwrap_or(why);
+            let kind = kind.split(" \"").next().unwrap_or(kind).to_string();
+            let e = reasons.entry(kind).or_insert((0, *at));
+            e.0 += 1;
+            e.1 = e.1.min(*at);
         } else {
             let s = ms(longest_within(&c.echoes, t0, t1));
             worst = Some(worst.map_or(s, |w: f64| w.max(s)));
@@ -1822,11 +1879,16 @@ fn steady_run(o: &Options, stack: Stack) -> Result<Steady, String> {
             d.first().copied().unwrap_or(0)
         );
     }
-    save(
-        &dir,
-        "summary.txt",
-        &format!("period {t0} to {t1} (µs, unix time)\n{r:?}\n"),
-    );
+    let mut summary = format!("period {t0} to {t1} (µs, unix time)\n{r:?}\n");
+    for (why, (n, first)) in &reasons {
+        let _ = writeln!(
+            summary,
+            "failed {n}: {why} (the first at {}.{:06})",
+            first / 1_000_000,
+            first % 1_000_000
+        );
+    }
+    save(&dir, "summary.txt", &summary);
     save(&dir, "adverts.txt", &wire);
     save_logs(&p, stack, &dir, "");
     Ok(r)
