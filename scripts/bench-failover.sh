@@ -30,7 +30,8 @@
 # (failover,sync,steady), --steady-secs S (60; --steady-secs 600 for ten minutes),
 # --sync-conns N (100000), --lag-samples N (200), --xdp-mode skb|drv (skb), --cores
 # split|shared (split: each vipgate box's worker on a CPU of its own, as two machines would
-# have; shared: both on CPU 0, as the HA tests), --write (put the
+# have; shared: both on CPU 0, as the HA tests), --be-liberal (the kernel boxes with
+# net.netfilter.nf_conntrack_tcp_be_liberal=1: no TCP window tracking), --write (put the
 # results into docs/BENCHMARKS.md between its markers), --log-dir DIR (every run's logs;
 # default a new directory under /tmp, kept).
 # Environment: LAB_NO_APT=1 (skip apt when every tool is present), LAB_VIPGATE_BIN (a vipgate
@@ -59,6 +60,7 @@ while (($# > 0)); do
         shift
         ;;
     --write) write=1 ;;
+    --be-liberal) args+=(--be-liberal 1) ;;
     -h | --help)
         sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
         exit 0

@@ -24,7 +24,7 @@
 //! [--stacks vipgate,kernel] [--parts failover,sync,steady] [--steady-secs 60]
 //! [--sync-conns 100000] [--lag-samples 200] [--tcp-conns 200] [--tcp-interval-ms 50]
 //! [--probe-interval-ms 1] [--deadline-secs 30] [--xdp-mode skb|drv] [--cores split|shared]
-//! [--log-dir DIR]
+//! [--be-liberal 0|1] [--log-dir DIR]
 //! [--write FILE] [--commit HASH] [--command TEXT]`
 //!
 //! Root only. Everything happens inside namespaces each run creates and removes (also on
@@ -179,6 +179,8 @@ struct Options {
     /// Each vipgate box's worker on a core of its own (box a CPU 0, box b CPU 1), or both
     /// on CPU 0 as in the HA tests.
     split_cores: bool,
+    /// `net.netfilter.nf_conntrack_tcp_be_liberal=1` on the kernel boxes.
+    be_liberal: bool,
     log_dir: PathBuf,
     write: Option<PathBuf>,
     commit: String,
@@ -225,6 +227,7 @@ fn parse_args() -> Result<Options, String> {
         deadline: Duration::from_secs(30),
         xdp_mode: XdpMode::Skb,
         split_cores: true,
+        be_liberal: false,
         log_dir: std::env::temp_dir().join(format!("bench-failover-{}", std::process::id())),
         write: None,
         commit: String::from("unknown"),
@@ -298,6 +301,7 @@ fn parse_args() -> Result<Options, String> {
                     _ => return Err(format!("--cores: {v:?}; expected split or shared")),
                 };
             }
+            "--be-liberal" => o.be_liberal = number::<u8>(&v, &a, 0, 1)? == 1,
             "--log-dir" => o.log_dir = PathBuf::from(v),
             "--write" => o.write = Some(PathBuf::from(v)),
             "--commit" => o.commit = v,
@@ -394,6 +398,10 @@ fn build(o: &Options, stack: Stack, advert_ms: u32) -> Result<Pair, String> {
         for n in &p.boxes {
             n.sysctl("net.netfilter.nf_conntrack_udp_timeout", "300")
                 .map_err(|e| e.to_string())?;
+            if o.be_liberal {
+                n.sysctl("net.netfilter.nf_conntrack_tcp_be_liberal", "1")
+                    .map_err(|e| e.to_string())?;
+            }
         }
     }
     Ok(p)
