@@ -1948,8 +1948,14 @@ fn machine() -> String {
         .arg("-v")
         .output()
         .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
+            let first = String::from_utf8_lossy(&o.stdout)
                 .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            // "Connection tracking userspace daemon v1.4.7. Licensed under GPLv2."
+            first
+                .split(". Licensed")
                 .next()
                 .unwrap_or_default()
                 .trim()
