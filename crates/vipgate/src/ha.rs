@@ -29,8 +29,10 @@ const SPACINGS: usize = 4096;
 /// connection (see `Engine::pick_up_until`): long enough for every live connection to send
 /// again, short enough that ACK floods can't build state for long.
 const PICKUP_SECS: u32 = 10;
-/// The shortest time between two extra announcement bursts.
-const REANNOUNCE_MIN: Duration = Duration::from_secs(1);
+/// The shortest time between two extra announcement bursts, at least: one advert interval
+/// (a second flap within a second must be answered too, or neighbors stay on the box that
+/// yielded), never less than this.
+const REANNOUNCE_MIN: Duration = Duration::from_millis(10);
 /// The longest a leaving master goes on forwarding while its backup takes over.
 const HANDOVER_MAX: Duration = Duration::from_secs(2);
 /// How long a graceful stop waits for its priority-0 advert to leave.
@@ -517,14 +519,18 @@ impl Runner<'_> {
     }
 
     /// Starts another burst of announcements while active: after a partition healed or a
-    /// link came back, neighbors may point the addresses at the other box. At most one a
-    /// second, so two masters that keep seeing each other can't flood the segment.
+    /// link came back, neighbors may point the addresses at the other box. At most one per
+    /// advert interval, so two masters that keep seeing each other can't flood the segment.
+    fn reannounce_every(&self) -> Duration {
+        Duration::from_millis(u64::from(self.ha.advert_interval_ms)).max(REANNOUNCE_MIN)
+    }
+
     fn announce_again(&mut self, why: &str) {
         let now = Instant::now();
         if !self.dp.is_active()
             || self
                 .last_reannounce
-                .is_some_and(|t| now < t + REANNOUNCE_MIN)
+                .is_some_and(|t| now < t + self.reannounce_every())
         {
             return;
         }
