@@ -868,14 +868,16 @@ fn failover_with(mode: Failure, ha_extra: &str) {
         })
         .unwrap();
     });
+    // The opener stops just before the failure: every late connection was opened (and
+    // answered once) before it, the youngest a few milliseconds before.
+    stop_opening.store(true, Ordering::Relaxed);
+    let mut late = opener.join().unwrap();
     let at = Instant::now();
     match mode {
         Failure::Kill => drop(p.kill(0).unwrap()),
         Failure::LinksDown => p.set_data_links(0, false).unwrap(),
         Failure::Stop => drop(p.stop(0).unwrap()),
     }
-    stop_opening.store(true, Ordering::Relaxed);
-    let mut late = opener.join().unwrap();
     with_logs(&p, || wait_role(&p, 1, "master"));
     driver.wait_rounds(ROUNDS_AFTER, "rounds after the failure");
     // Every late connection works on the new master, the youngest included.
