@@ -420,7 +420,7 @@ fn human(req: &Request, d: &Value) -> String {
         ),
         Request::Ha => ha_text(d),
         Request::Backends => {
-            let mut rows = vec![[
+            const COLUMNS: [&str; 7] = [
                 "pool",
                 "vip",
                 "backend",
@@ -428,24 +428,10 @@ fn human(req: &Request, d: &Value) -> String {
                 "in_service",
                 "drained",
                 "conns",
-            ]
-            .map(String::from)
-            .to_vec()];
+            ];
+            let mut rows = vec![COLUMNS.map(String::from).to_vec()];
             for b in d["backends"].as_array().into_iter().flatten() {
-                rows.push(
-                    [
-                        "pool",
-                        "vip",
-                        "backend",
-                        "weight",
-                        "in_service",
-                        "drained",
-                        "conns",
-                    ]
-                    .iter()
-                    .map(|k| s(&b[*k]))
-                    .collect(),
-                );
+                rows.push(COLUMNS.iter().map(|k| s(&b[*k])).collect());
             }
             table(&rows)
         }

@@ -1753,6 +1753,15 @@ fn a_full_table_is_said_in_the_log() {
     drop(web);
 }
 
+/// Backend `backend` (`address:port`) of pool `pool`, as `vipgate backends --json` lists it.
+fn backend_row(t: &Topology, pool: &str, backend: &str) -> Option<serde_json::Value> {
+    cli_json(t, &["backends"])["backends"]
+        .as_array()?
+        .iter()
+        .find(|r| r["pool"] == pool && r["backend"] == backend)
+        .cloned()
+}
+
 /// `vipgate backends`, `drain` and `undrain`: a drained backend gets no new connection, its
 /// long-lived ones go on, a reload keeps it drained, and undrain puts it back.
 #[test]
@@ -1764,13 +1773,8 @@ fn a_drained_backend_gets_no_new_connections_and_keeps_its_own() {
     let s2 = TcpService::start(&t.h2, sa(H2, 80));
     with_log(&t, || {
         let conns_of = |addr: &str| -> u64 {
-            let b = cli_json(&t, &["backends"]);
-            b["backends"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["pool"] == "a" && r["backend"] == addr)
-                .unwrap_or_else(|| panic!("{addr} in {b}"))["conns"]
+            backend_row(&t, "a", addr)
+                .unwrap_or_else(|| panic!("{addr} in {}", cli_json(&t, &["backends"])))["conns"]
                 .as_u64()
                 .unwrap()
         };
@@ -1810,14 +1814,7 @@ fn a_drained_backend_gets_no_new_connections_and_keeps_its_own() {
         }
         drop(transfers);
         assert_eq!(drained["changed"], true, "{drained}");
-        let b = cli_json(&t, &["backends"]);
-        let h2 = b["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["backend"] == "198.18.0.11:80" && r["pool"] == "a")
-            .unwrap()
-            .clone();
+        let h2 = backend_row(&t, "a", "198.18.0.11:80").unwrap();
         assert_eq!(
             (h2["drained"].clone(), h2["in_service"].clone()),
             (true.into(), false.into())
@@ -2093,12 +2090,7 @@ check = { type = "icmp", interval_ms = 200, timeout_ms = 150 }
     let h1 = HttpCounter::start(&t.h1, sa(H1, 8080));
     let mut h2 = Some(HttpCounter::start(&t.h2, sa(H2, 8080)));
     let health = |pool: &str, backend: &str| -> String {
-        let b = cli_json(&t, &["backends"]);
-        b["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["pool"] == pool && r["backend"] == backend)
+        backend_row(&t, pool, backend)
             .map(|r| r["health"].as_str().unwrap_or_default().to_string())
             .unwrap_or_default()
     };
