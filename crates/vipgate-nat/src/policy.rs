@@ -564,26 +564,39 @@ impl Policy {
         }
     }
 
-    /// Whether `addr:port` (`proto`) is the internal end of a DNAT rule or a pool backend: a
-    /// segment from it is a reply of an inbound connection, never a new outbound one. Not on
-    /// the packet path (a linear scan): only a mid-stream pickup asks.
-    pub fn serves(&self, addr: Ipv4Addr, proto: Proto, port: u16) -> bool {
-        let in_pool = |i: usize| {
+    /// The public addresses and ports (`vip:port`) whose DNAT rule or pool leads to
+    /// `addr:port` (`proto`): a segment from there is a reply of an inbound connection,
+    /// never a new outbound one. Not on the packet path (a linear scan): only a mid-stream
+    /// pickup asks.
+    pub fn services_of(
+        &self,
+        addr: Ipv4Addr,
+        proto: Proto,
+        port: u16,
+    ) -> impl Iterator<Item = (Ipv4Addr, u16)> + '_ {
+        let in_pool = move |i: usize| {
             self.pools
                 .get(i)
                 .is_some_and(|p| p.backends.iter().any(|b| b.addr == addr && b.port == port))
         };
-        self.exact.iter().any(|((_, p, _), t)| {
-            *p == proto.number()
-                && match t {
-                    Target::Host(a, tp) => *a == addr && *tp == port,
-                    Target::Pool(i) => in_pool(usize::from(*i)),
-                }
-        }) || self.ranges.iter().any(|r| {
+        let exact = self
+            .exact
+            .iter()
+            .filter(move |((_, p, _), t)| {
+                *p == proto.number()
+                    && match t {
+                        Target::Host(a, tp) => *a == addr && *tp == port,
+                        Target::Pool(i) => in_pool(usize::from(*i)),
+                    }
+            })
+            .map(|((vip, _, vport), _)| (Ipv4Addr::from(*vip), *vport));
+        let ranges = self.ranges.iter().filter_map(move |r| {
             let lo = r.to_port.unwrap_or(r.lo);
             let hi = lo.saturating_add(r.hi - r.lo);
-            r.proto == proto && r.to == addr && (lo..=hi).contains(&port)
-        })
+            (r.proto == proto && r.to == addr && (lo..=hi).contains(&port))
+                .then(|| (Ipv4Addr::from(r.vip), r.lo + (port - lo)))
+        });
+        exact.chain(ranges)
     }
 
     /// What pool `pool` hashes to pick a backend.

@@ -1442,15 +1442,60 @@ fn after_a_takeover_mid_stream_segments_are_picked_up_for_a_while() {
         "{:?}",
         l.transport
     );
-    // A backend's segment to a client waits for the client's (it is a reply, not outbound).
-    assert_eq!(
-        lab.dropped(
-            testing::tcp(H2, CLIENT2, 8080, 40003, ACK, b"reply"),
-            Side::Private,
-            3
-        ),
-        DropReason::TcpNoConn
+    // A backend's segment to a client opens the inbound connection it is a reply of (the
+    // failed box's last data may be the only segment that comes): it leaves from the VIP,
+    // and the client's next segment finds the same connection.
+    let out = lab.pass(
+        testing::tcp(H2, CLIENT2, 8080, 40003, ACK, b"reply"),
+        Side::Private,
+        Side::Public,
+        3,
     );
+    assert_eq!(ports_of(&out), (VIP, 80, CLIENT2, 40003));
+    assert_eq!(lab.w.counters.tcp_picked_up, 3);
+    let out = lab.pass(
+        testing::tcp(CLIENT2, VIP, 40003, 80, ACK, b""),
+        Side::Public,
+        Side::Private,
+        3,
+    );
+    assert_eq!(ports_of(&out), (CLIENT2, 40003, H2, 8080));
+    assert_eq!(lab.w.counters.tcp_picked_up, 3, "no second connection");
+    // A port range maps back by its offset, UDP as well.
+    let out = lab.pass(
+        testing::udp(H2, CLIENT2, 6003, 7000, b"reply"),
+        Side::Private,
+        Side::Public,
+        3,
+    );
+    assert_eq!(ports_of(&out), (VIP, 5003, CLIENT2, 7000));
+    // A pool backend's segment opens the connection only where Maglev sends that client.
+    let mut picked = 0;
+    for cport in 41000..41030 {
+        let backends = [B1, B2, B3];
+        let mut opened = Vec::new();
+        for b in backends {
+            let mut frame = testing::tcp(b, CLIENT, 8443, cport, ACK, b"r");
+            match lab.send(&mut frame, Side::Private, 3) {
+                Verdict::Forward(Side::Public) => {
+                    assert_eq!(ports_of(&frame), (VIP, 443, CLIENT, cport));
+                    opened.push(b);
+                }
+                Verdict::Drop(DropReason::TcpNoConn) => {}
+                v => panic!("backend {b} to port {cport}: {v:?}"),
+            }
+        }
+        assert_eq!(opened.len(), 1, "one backend is the client's, port {cport}");
+        let out = lab.pass(
+            testing::tcp(CLIENT, VIP, cport, 443, ACK, b""),
+            Side::Public,
+            Side::Private,
+            3,
+        );
+        picked += 1;
+        assert_eq!(layout(&out).dst, opened[0], "port {cport}");
+    }
+    assert_eq!(picked, 30);
     // A RST or a SYN-ACK never opens anything, window or not.
     for flags in [RST, RST | ACK, SYN_ACK] {
         assert_eq!(

@@ -853,8 +853,12 @@ fn failover_with(mode: Failure, ha_extra: &str) {
                     let mut w = s;
                     w.write_all(b"hello\n").unwrap();
                     let mut line = String::new();
-                    r.read_line(&mut line).unwrap();
-                    assert_eq!(line, "hello\n");
+                    let first = r.read_line(&mut line);
+                    assert!(
+                        matches!(first, Ok(_)) && line == "hello\n",
+                        "late connection {} (its first exchange): {first:?} {line:?}",
+                        conns.len()
+                    );
                     conns.push((r, w));
                     thread::sleep(Duration::from_millis(2));
                 }
@@ -868,10 +872,8 @@ fn failover_with(mode: Failure, ha_extra: &str) {
         })
         .unwrap();
     });
-    // The opener stops just before the failure: every late connection was opened (and
-    // answered once) before it, the youngest a few milliseconds before.
-    stop_opening.store(true, Ordering::Relaxed);
-    let mut late = opener.join().unwrap();
+    // The opener goes on through the failure: the youngest connections race it, their
+    // first exchange answered by either box, or by the old one's last act.
     let at = Instant::now();
     match mode {
         Failure::Kill => drop(p.kill(0).unwrap()),
@@ -879,6 +881,8 @@ fn failover_with(mode: Failure, ha_extra: &str) {
         Failure::Stop => drop(p.stop(0).unwrap()),
     }
     with_logs(&p, || wait_role(&p, 1, "master"));
+    stop_opening.store(true, Ordering::Relaxed);
+    let mut late = opener.join().unwrap();
     driver.wait_rounds(ROUNDS_AFTER, "rounds after the failure");
     // Every late connection works on the new master, the youngest included.
     let n = late.len();

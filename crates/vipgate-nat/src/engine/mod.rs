@@ -904,20 +904,23 @@ impl Engine {
         if !to_us && ingress == Side::Public {
             return Created::Done(Verdict::Drop(DropReason::NoRule));
         }
+        let window = now < self.pickup_until.load(Ordering::Relaxed);
         if let Err(r) = may_open(l) {
-            // A backend's segment to a client is a reply of an inbound connection: picked up
-            // as an outbound one it would take a PAT port and clash with the inbound one the
-            // client's next segment opens. It waits for that.
-            let reply_of_inbound =
-                ingress == Side::Private && snap.policy.serves(key.src, key.proto, key.sport);
-            if !(r == DropReason::TcpNoConn
-                && may_pick_up(l)
-                && !reply_of_inbound
-                && now < self.pickup_until.load(Ordering::Relaxed))
-            {
+            if !(r == DropReason::TcpNoConn && may_pick_up(l) && window) {
                 return Created::Done(Verdict::Drop(r));
             }
             w.picking_up = true;
+        }
+        if window && ingress == Side::Private && !to_us && key.proto != Proto::Icmp {
+            if let Some(created) = self.pick_up_reply(snap, w, key, now) {
+                if w.picking_up {
+                    w.picking_up = false;
+                    if matches!(created, Created::Conn(..)) {
+                        w.counters.tcp_picked_up += 1;
+                    }
+                }
+                return created;
+            }
         }
         let created = match (ingress, to_us) {
             (Side::Public, _) => self.inbound(snap, w, key, now),
@@ -931,6 +934,55 @@ impl Engine {
             }
         }
         created
+    }
+
+    /// A segment from a DNAT target or pool backend to a client, with no connection, during
+    /// a pickup window: the reply of an inbound connection the failed box opened (its last
+    /// data, with the client's all acknowledged, may be the only segment that ever comes).
+    /// It opens that connection, as the client's next segment would, if the client's
+    /// segment would have gone to this backend (Maglev picks the same on both boxes).
+    /// Picked up as an outbound flow instead it would take a PAT port and clash with the
+    /// inbound one. `None` when the sender serves no inbound service, or for UDP when no
+    /// service picks it.
+    fn pick_up_reply(
+        &self,
+        snap: &Snapshot,
+        w: &mut Worker,
+        key: &FlowKey,
+        now: u32,
+    ) -> Option<Created> {
+        let mut served = false;
+        for (vip, vport) in snap.policy.services_of(key.src, key.proto, key.sport) {
+            served = true;
+            let orig = FlowKey {
+                src: key.dst,
+                dst: vip,
+                sport: key.dport,
+                dport: vport,
+                proto: key.proto,
+            };
+            // A DNAT rule or pool answers first: no mapping reference is taken.
+            let Ok((addr, port, backend, _)) = self.destination(&snap.policy, &orig) else {
+                continue;
+            };
+            if (addr, port) != (key.src, key.sport) {
+                continue;
+            }
+            let flags = conn_flags::ORIG_OUT_PRIVATE | conn_flags::DNAT;
+            let conn = new_conn(w, &orig, *key, flags, None, backend);
+            return Some(match self.insert_conn(w, conn, now) {
+                Created::Conn(mut h) => {
+                    h.dir = if h.orig == *key {
+                        Dir::Orig
+                    } else {
+                        Dir::Reply
+                    };
+                    Created::Conn(h)
+                }
+                done => done,
+            });
+        }
+        (served && w.picking_up).then_some(Created::Done(Verdict::Drop(DropReason::TcpNoConn)))
     }
 
     /// Where a new flow to one of our addresses goes: a DNAT rule, a pool, or (filtering
