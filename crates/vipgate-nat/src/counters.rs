@@ -50,11 +50,14 @@ pub enum DropReason {
     IcmpErrorNoConn,
     /// A packet of a known connection arriving on the side it should not come from.
     WrongSide,
+    /// A TCP segment with a flag combination no TCP sends (SYN with FIN or RST, FIN without
+    /// ACK, none of SYN, ACK and RST): scans and forgeries.
+    TcpBadFlags,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 21;
+    pub const COUNT: usize = 22;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -79,6 +82,7 @@ impl DropReason {
         DropReason::FragmentUnmatched,
         DropReason::IcmpErrorNoConn,
         DropReason::WrongSide,
+        DropReason::TcpBadFlags,
     ];
 
     /// The counter name.
@@ -105,6 +109,7 @@ impl DropReason {
             DropReason::FragmentUnmatched => "drop_fragment_unmatched",
             DropReason::IcmpErrorNoConn => "drop_icmp_error_no_conn",
             DropReason::WrongSide => "drop_wrong_side",
+            DropReason::TcpBadFlags => "drop_tcp_bad_flags",
         }
     }
 }

@@ -42,6 +42,28 @@ pub mod tcp_flags {
     pub const ACK: u8 = 0x10;
 }
 
+/// Whether a TCP segment's flags are a combination TCP sends (the table netfilter's
+/// conntrack checks, PSH, ECE and CWR aside): SYN, SYN|ACK, RST, RST|ACK, FIN|ACK and ACK,
+/// each with or without URG. Anything else (SYN|FIN, SYN|RST, a FIN without ACK, no flag at
+/// all) is a scan or a forgery and must neither open nor move a connection.
+#[inline]
+pub fn tcp_flags_valid(flags: u8) -> bool {
+    use tcp_flags::{ACK, FIN, RST, SYN};
+    const URG: u8 = 0x20;
+    // FIN, SYN and RST in bits 0..3 and ACK in bit 3: one bit per combination.
+    const fn fold(f: u8) -> u32 {
+        ((f & 0x7) | ((f & ACK) >> 1)) as u32
+    }
+    const VALID: u16 = 1 << fold(SYN)
+        | 1 << fold(SYN | ACK)
+        | 1 << fold(RST)
+        | 1 << fold(RST | ACK)
+        | 1 << fold(FIN | ACK)
+        | 1 << fold(ACK);
+    let f = flags & !(URG | tcp_flags::PSH | 0xc0);
+    VALID & (1 << fold(f)) != 0
+}
+
 /// The state of a connection; it selects the connection's idle timeout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -149,7 +171,9 @@ pub fn next_tcp_state(cur: ConnState, fin_seen: u8, dir: Dir, flags: u8) -> (Con
         TcpFinWait | TcpCloseWait if fin => on_fin(cur, fin_seen, dir),
         TcpFinWait if ack && fin_seen != 0 && fin_seen & dir.bit() == 0 => (TcpCloseWait, fin_seen),
         TcpLastAck if ack && !fin => (TcpTimeWait, fin_seen),
-        TcpTimeWait | TcpClose if dir == Dir::Orig && syn && !ack => (TcpSynSent, 0),
+        TcpTimeWait | TcpClose if dir == Dir::Orig && flags & (SYN | ACK | FIN) == SYN => {
+            (TcpSynSent, 0)
+        }
         _ => (cur, fin_seen),
     }
 }
@@ -247,6 +271,43 @@ mod tests {
                 (want, want_fin),
                 "{cur:?} fin={fin} {dir:?} flags={flags:#x}"
             );
+        }
+    }
+
+    #[test]
+    fn only_flag_combinations_tcp_sends_are_valid() {
+        let valid = [
+            SYN,
+            SYN | ACK,
+            RST,
+            RST | ACK,
+            FIN | ACK,
+            ACK,
+            ACK | PSH,
+            FIN | ACK | PSH,
+            SYN | 0xc0,
+            SYN | ACK | 0x40,
+            ACK | 0x20,
+        ];
+        for f in valid {
+            assert!(tcp_flags_valid(f), "{f:#x} is valid");
+        }
+        let invalid = [
+            0,
+            FIN,
+            PSH,
+            0x20,
+            FIN | PSH | 0x20,
+            SYN | FIN,
+            SYN | FIN | ACK,
+            SYN | RST,
+            SYN | RST | ACK,
+            RST | FIN,
+            RST | FIN | ACK,
+            0xff,
+        ];
+        for f in invalid {
+            assert!(!tcp_flags_valid(f), "{f:#x} is invalid");
         }
     }
 

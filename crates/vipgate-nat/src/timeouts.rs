@@ -28,7 +28,8 @@ pub struct Timeouts {
     pub udp: u32,
     /// ICMP query flows.
     pub icmp: u32,
-    /// PAT mappings once no connection references them (0: at the next scan).
+    /// PAT mappings, counted from the last packet of any of their connections; a mapping
+    /// never goes while a connection references it (0: with its last connection).
     pub mapping: u32,
 }
 

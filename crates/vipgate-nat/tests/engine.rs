@@ -610,6 +610,41 @@ fn icmp_error_from_backend_reaches_client_from_vip() {
 }
 
 #[test]
+fn icmp_errors_from_private_routers_leave_from_the_public_address() {
+    // RFC 5508 REQ-4: a router inside reporting on an inbound flow, and one reporting on an
+    // outbound flow's reply, both show up outside as the NAT's public address.
+    let inside_router = Ipv4Addr::new(198, 18, 0, 1);
+    let mut lab = Lab::new(config());
+    let sent = lab.pass(
+        testing::udp(CLIENT, VIP, 1500, 5000, b"x"),
+        Side::Public,
+        Side::Private,
+        1,
+    );
+    let err = testing::icmp_error(inside_router, CLIENT, 3, 1, testing::datagram(&sent), 100);
+    let got = lab.pass(err, Side::Private, Side::Public, 1);
+    assert_eq!((layout(&got).src, layout(&got).dst), (VIP, CLIENT));
+    let out = lab.pass(
+        testing::udp(H1, CLIENT, 4000, 53, b"q"),
+        Side::Private,
+        Side::Public,
+        1,
+    );
+    let back = lab.pass(
+        testing::udp(CLIENT, PAT_IP, 53, ports_of(&out).1, b"a"),
+        Side::Public,
+        Side::Private,
+        1,
+    );
+    let err = testing::icmp_error(inside_router, CLIENT, 3, 1, testing::datagram(&back), 100);
+    let got = lab.pass(err, Side::Private, Side::Public, 1);
+    let l = layout(&got);
+    assert_eq!((l.src, l.dst), (PAT_IP, CLIENT));
+    let inner = l.icmp_inner(&got).unwrap();
+    assert_eq!((inner.src, inner.dst), (CLIENT, PAT_IP));
+}
+
+#[test]
 fn icmp_error_about_echo() {
     let mut lab = Lab::new(config());
     let sent = lab.pass(
@@ -1543,4 +1578,125 @@ fn persistence_by_source_address_sends_a_client_to_one_backend() {
         backends_of(Persistence::SourceAddressPort).len() > 1,
         "by address and port, 64 connections spread"
     );
+}
+
+#[test]
+fn tcp_segments_with_flags_no_tcp_sends_open_and_move_nothing() {
+    let mut lab = Lab::new(config());
+    const FIN: u8 = 0x01;
+    let bad = [SYN | FIN, SYN | FIN | ACK, SYN | RST, FIN, 0, RST | FIN];
+    for flags in bad {
+        assert_eq!(
+            lab.dropped(
+                testing::tcp(CLIENT, VIP, 40000, 80, flags, b""),
+                Side::Public,
+                1
+            ),
+            DropReason::TcpBadFlags,
+            "inbound {flags:#x}"
+        );
+        assert_eq!(
+            lab.dropped(
+                testing::tcp(H1, CLIENT, 3000, 443, flags, b""),
+                Side::Private,
+                1
+            ),
+            DropReason::TcpBadFlags,
+            "outbound {flags:#x}"
+        );
+    }
+    assert_eq!(lab.engine.table().len(), 0, "nothing opened");
+    // An established connection is not moved by them either.
+    lab.pass(
+        testing::tcp(CLIENT, VIP, 40000, 80, SYN, b""),
+        Side::Public,
+        Side::Private,
+        1,
+    );
+    lab.pass(
+        testing::tcp(H2, CLIENT, 8080, 40000, SYN_ACK, b""),
+        Side::Private,
+        Side::Public,
+        1,
+    );
+    lab.pass(
+        testing::tcp(CLIENT, VIP, 40000, 80, ACK, b""),
+        Side::Public,
+        Side::Private,
+        1,
+    );
+    let key = FlowKey {
+        src: CLIENT,
+        dst: VIP,
+        sport: 40000,
+        dport: 80,
+        proto: Proto::Tcp,
+    };
+    assert_eq!(
+        lab_state(&lab, &key),
+        vipgate_nat::ConnState::TcpEstablished
+    );
+    for flags in bad {
+        lab.dropped(
+            testing::tcp(CLIENT, VIP, 40000, 80, flags, b""),
+            Side::Public,
+            2,
+        );
+    }
+    assert_eq!(
+        lab_state(&lab, &key),
+        vipgate_nat::ConnState::TcpEstablished
+    );
+    assert_eq!(
+        lab.w.counters.drops(DropReason::TcpBadFlags),
+        3 * bad.len() as u64
+    );
+}
+
+fn lab_state(lab: &Lab, key: &FlowKey) -> vipgate_nat::ConnState {
+    lab.engine.table().lookup(key).unwrap().state
+}
+
+#[test]
+fn a_mapping_timeout_counts_from_its_last_use() {
+    let mut c = config();
+    c.timeouts.udp = 30;
+    c.timeouts.mapping = 60;
+    let mut lab = Lab::new(c);
+    let ai = lab.engine.ports().addr_index(PAT_IP).unwrap();
+    let out = lab.pass(
+        testing::udp(H1, CLIENT, 4000, 53, b"q"),
+        Side::Private,
+        Side::Public,
+        1,
+    );
+    let public = ports_of(&out).1;
+    // Used for 100 s, well past the mapping timeout counted from its creation.
+    for now in (10..=100).step_by(10) {
+        lab.pass(
+            testing::udp(H1, CLIENT, 4000, 53, b"q"),
+            Side::Private,
+            Side::Public,
+            now,
+        );
+    }
+    let reclaim = |lab: &mut Lab, now| {
+        for _ in 0..2 {
+            lab.engine.reclaim(&mut lab.w, now, 1 << 20);
+        }
+    };
+    reclaim(&mut lab, 131);
+    assert_eq!(
+        lab.engine.table().len(),
+        1,
+        "the flow went, its mapping stays"
+    );
+    reclaim(&mut lab, 159);
+    assert!(
+        lab.engine.ports().is_allocated(ai, Proto::Udp, public),
+        "59 s after the last packet"
+    );
+    reclaim(&mut lab, 160);
+    assert_eq!(lab.engine.table().len(), 0, "60 s after the last packet");
+    assert!(!lab.engine.ports().is_allocated(ai, Proto::Udp, public));
 }

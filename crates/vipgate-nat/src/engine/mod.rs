@@ -21,7 +21,7 @@ use crate::counters::{Counters, DropReason};
 use crate::frag::{FragCache, FragHold, FragKey, FragTarget};
 use crate::policy::{Filtering, NatConfig, Persistence, Policy, PolicyError, Target};
 use crate::ports::{PortAllocator, PortCursors, PortsError};
-use crate::state::{tcp_flags, ConnState, Dir};
+use crate::state::{tcp_flags, tcp_flags_valid, ConnState, Dir};
 use crate::table::{
     ConnId, ConnRecord, ConnTable, Hit, InsertError, NewConn, ReclaimCursor, TableError,
 };
@@ -692,6 +692,9 @@ impl Engine {
         ingress: Side,
         now: u32,
     ) -> Verdict {
+        if key.proto == Proto::Tcp && !tcp_flags_valid(flags) {
+            return Verdict::Drop(DropReason::TcpBadFlags);
+        }
         let hit = match self.table.lookup_hashed(key, hash) {
             Some(h) if h.state != ConnState::Mapping => {
                 let (expect_in, _) = sides(h.flags, h.dir);
@@ -843,9 +846,14 @@ impl Engine {
             return Verdict::Drop(DropReason::WrongSide);
         }
         let to = translated(&hit);
-        // The peer itself reporting gets its translated address; a router on the path keeps
-        // its own.
-        let outer_src = if l.src == key.src { to.src } else { l.src };
+        // The peer itself reporting gets its translated address, and so does anything on the
+        // private side (RFC 5508 REQ-4: the NAT's public address; no private address leaves).
+        // A router on the public path keeps its own: traceroute from inside sees the hops.
+        let outer_src = if l.src == key.src || egress == Side::Public {
+            to.src
+        } else {
+            l.src
+        };
         let outer = Tuple {
             src: outer_src,
             dst: to.dst,
@@ -1216,7 +1224,7 @@ impl Engine {
         } = w;
         let queue = self.events.get(usize::from(*id));
         let removed = self.table.reclaim(now, reclaim, budget, |_, rec| {
-            self.release_resources(rec);
+            self.release_resources(rec, now);
             if let Some(q) = queue {
                 if q.push(ConnEvent::Deleted(*rec)).is_err() {
                     counters.events_lost += 1;
@@ -1259,7 +1267,7 @@ impl Engine {
             _ => return None,
         }
         let rec = self.table.remove(id, now)?;
-        self.release_resources(&rec);
+        self.release_resources(&rec, now);
         // Told through the creating worker's queue (any thread may push to it).
         if let Some(q) = self.events.get(usize::from(rec.owner)) {
             if q.push(ConnEvent::Deleted(rec)).is_err() {
@@ -1274,7 +1282,10 @@ impl Engine {
         self.flush_events_lost.load(Ordering::Relaxed)
     }
 
-    fn release_resources(&self, rec: &ConnRecord) {
+    fn release_resources(&self, rec: &ConnRecord, now: u32) {
+        if let (Some(m), false) = (rec.mapping, rec.state == ConnState::Mapping) {
+            self.table.note_use(m, now.saturating_sub(rec.idle_secs));
+        }
         if rec.state == ConnState::Mapping {
             if let Some(ai) = self.ports.addr_index(rec.reply.dst) {
                 self.ports.release(ai, rec.reply.proto, rec.reply.dport);

@@ -845,6 +845,18 @@ impl ConnTable {
         }
     }
 
+    /// Moves entry `id`'s last use forward to `last_used` (never back): a PAT mapping's
+    /// timeout counts from the last packet of any connection through it, which its
+    /// connections report as they go. Nothing if `id` is stale.
+    pub fn note_use(&self, id: ConnId, last_used: u32) {
+        let Some(e) = self.entries.get(id.index as usize) else {
+            return;
+        };
+        if Life(e.life.load(Ordering::Acquire)).generation() == id.generation {
+            e.last_seen.fetch_max(last_used, Ordering::Relaxed);
+        }
+    }
+
     /// Drops a reference taken with [`ConnTable::acquire_ref`]; nothing if `id` is stale.
     pub fn release_ref(&self, id: ConnId) {
         let Some(e) = self.entries.get(id.index as usize) else {
