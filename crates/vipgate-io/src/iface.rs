@@ -183,3 +183,71 @@ impl LinkAddresses {
         Ok(LinkAddresses { _fd: fd })
     }
 }
+
+/// Sends whole Ethernet frames out of one interface through the kernel (`AF_PACKET`), from
+/// whichever thread owns it: for control frames that must leave on time even while the
+/// workers are busy or starved (VRRP adverts). The XDP program only sees what arrives, so
+/// frames sent this way are not affected by it. The socket receives nothing.
+#[derive(Debug)]
+pub struct FrameSender {
+    fd: std::os::fd::OwnedFd,
+    name: String,
+}
+
+impl FrameSender {
+    /// A sender on interface `name`.
+    ///
+    /// # Errors
+    /// No such interface, or the kernel refused (needs CAP_NET_RAW).
+    pub fn new(name: &str) -> io::Result<FrameSender> {
+        let index = interface_index(name)?;
+        // SAFETY: plain socket(2); the fd is owned below. Protocol 0: it receives nothing.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh socket that nothing else owns.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain old data; all zeroes is a valid value.
+        let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sa.sll_family = libc::AF_PACKET as u16;
+        sa.sll_ifindex = i32::try_from(index).unwrap_or(0);
+        // SAFETY: sa is a live sockaddr_ll of the length given.
+        let rc = unsafe {
+            libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                std::ptr::from_ref(&sa).cast(),
+                libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or(0),
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("{name}: binding: {e}")));
+        }
+        Ok(FrameSender {
+            fd,
+            name: name.to_string(),
+        })
+    }
+
+    /// Sends `frame` (Ethernet header included) as it is; one system call.
+    ///
+    /// # Errors
+    /// The kernel's, e.g. the interface is down.
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: frame is a live buffer of the length given.
+        let rc = unsafe {
+            libc::send(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                frame.as_ptr().cast(),
+                frame.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("{}: {e}", self.name)));
+        }
+        Ok(())
+    }
+}

@@ -291,6 +291,7 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
                     let mut next_publish = 0;
                     while !stop.load(Ordering::Relaxed) {
                         let now = clock();
+                        block.stepped(now);
                         match lp.step(&mut pipeline, now) {
                             Ok(0) => {
                                 idle += 1;
@@ -373,14 +374,18 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
             }
             let mut election = None;
             if let Some(ha_cfg) = &ha_config {
-                let (dp, shared, clock, unclaimed) = (&dp, &ha_shared, &clock, &gw.host_unclaimed);
-                let sync = sync_config.as_ref().map(|_| &sync_shared);
-                let pools_failed = checks.then_some(&gw.pools_failed);
+                let (dp, shared, live) = (&dp, &ha_shared, &live);
+                let inputs = ha::Inputs {
+                    clock: &clock,
+                    unclaimed: &gw.host_unclaimed,
+                    sync: sync_config.as_ref().map(|_| &sync_shared),
+                    pools_failed: checks.then_some(&gw.pools_failed),
+                };
                 election = Some(
                     std::thread::Builder::new()
                         .name("vipgate-ha".into())
                         .spawn_scoped(s, move || {
-                            ha::run(dp, ha_cfg, shared, clock, unclaimed, sync, pools_failed);
+                            ha::run(dp, ha_cfg, shared, &|| live.looked_ms(), inputs);
                         })
                         .map_err(|e| format!("ha: cannot start a thread: {e}"))?,
                 );

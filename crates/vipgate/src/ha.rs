@@ -19,6 +19,8 @@ use crate::sync::SyncShared;
 
 /// The longest the thread sleeps between two looks at the host path and its timers.
 const TICK: Duration = Duration::from_millis(1);
+/// Room for the largest advert frame (255 addresses).
+const FRAME_MAX: usize = 1514;
 /// How often the data links' carrier is read.
 const LINK_EVERY: Duration = Duration::from_millis(100);
 /// How often a unicast peer whose MAC is unknown is asked for it.
@@ -176,6 +178,9 @@ struct Runner<'a> {
     /// Set by the health checks while some checked pool has no backend up.
     pools_failed: Option<&'a AtomicBool>,
     pool_failed: bool,
+    /// Sends the adverts, when the kernel allowed the socket.
+    sender: Option<vipgate_io::FrameSender>,
+    frame: Vec<u8>,
     last_advert: Option<Instant>,
     spacings: Vec<u32>,
     spacing_at: usize,
@@ -226,16 +231,34 @@ pub(crate) fn link_addresses(cfg: &Config) -> Result<Vec<vipgate_io::LinkAddress
     Ok(held)
 }
 
+/// What the election reads from the rest of the daemon.
+pub(crate) struct Inputs<'a> {
+    /// Milliseconds of the workers' clock (the neighbor table's).
+    pub(crate) clock: &'a (dyn Fn() -> u64 + Sync),
+    /// Frames that came up the host path that are not adverts.
+    pub(crate) unclaimed: &'a AtomicU64,
+    /// The state sync's readiness and the peer's role, with `[ha.sync]`.
+    pub(crate) sync: Option<&'a SyncShared>,
+    /// Set by the health checks while some checked pool has no backend up.
+    pub(crate) pools_failed: Option<&'a AtomicBool>,
+}
+
 /// Runs the election until [`HaShared::stop`]; a graceful stop sends priority 0 when master.
+/// `looked` says until when (on `inputs.clock`) the workers have taken in what arrived: a
+/// backup judges the master's silence only up to then.
 pub(crate) fn run(
     dp: &Dataplane,
     cfg: &Config,
     shared: &HaShared,
-    clock: &(dyn Fn() -> u64 + Sync),
-    unclaimed: &AtomicU64,
-    sync: Option<&SyncShared>,
-    pools_failed: Option<&AtomicBool>,
+    looked: &(dyn Fn() -> u64 + Sync),
+    inputs: Inputs<'_>,
 ) {
+    let Inputs {
+        clock,
+        unclaimed,
+        sync,
+        pools_failed,
+    } = inputs;
     let Some(ha) = cfg.ha.clone() else {
         return;
     };
@@ -256,6 +279,15 @@ pub(crate) fn run(
         tracing::error!("ha: no free multicast slot on the host path for 224.0.0.18");
     }
     dp.host().subscribe_protocol(PROTO_VRRP, Listener::Election);
+    // Adverts leave through the kernel from this thread, on time whatever the workers are
+    // doing; through the workers only where the kernel refuses such a socket.
+    let sender = match vipgate_io::FrameSender::new(&ifc.name) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "ha: adverts go through the workers");
+            None
+        }
+    };
     let now = Instant::now();
     let mut r = Runner {
         dp,
@@ -276,6 +308,8 @@ pub(crate) fn run(
         split_brain: false,
         pools_failed,
         pool_failed: false,
+        sender,
+        frame: vec![0; FRAME_MAX],
         last_advert: None,
         spacings: Vec::with_capacity(SPACINGS),
         spacing_at: 0,
@@ -309,7 +343,15 @@ pub(crate) fn run(
             r.election.set_ready(sync.ready.load(Ordering::Acquire));
             r.watch_split_brain(sync.peer_master.load(Ordering::Acquire));
         }
-        let out = r.election.poll(clock());
+        // A backup whose workers have not looked at the wire lately (starved of CPU) can't
+        // tell a silent master from an advert still waiting in a ring: it judges the
+        // silence up to when they looked, but never more than a master-down interval late.
+        let mut t = clock();
+        if r.election.role() == Role::Backup {
+            let slack = r.election.master_down_interval_ms();
+            t = t.min(looked().max(t.saturating_sub(slack)));
+        }
+        let out = r.election.poll(t);
         r.apply(out);
         r.timers();
         if Instant::now() >= next_view {
@@ -583,7 +625,7 @@ impl Runner<'_> {
         }
     }
 
-    fn send_to(&self, advert: &Advert, dst_mac: [u8; 6], dst: Ipv4Addr) -> bool {
+    fn send_to(&mut self, advert: &Advert, dst_mac: [u8; 6], dst: Ipv4Addr) -> bool {
         let src = self.election.config().own_addr;
         // A master with the virtual MAC sends its adverts from it (RFC 5798 section 7.3), which
         // also keeps switches' tables pointing it at this box.
@@ -592,6 +634,12 @@ impl Runner<'_> {
         } else {
             self.mac
         };
+        if let Some(sender) = &self.sender {
+            let Ok(n) = advert.emit_frame(&mut self.frame, mac, dst_mac, src, dst) else {
+                return false;
+            };
+            return self.frame.get(..n).is_some_and(|f| sender.send(f).is_ok());
+        }
         self.dp.host().send(self.iface, |b| {
             advert.emit_frame(b, mac, dst_mac, src, dst).ok()
         })

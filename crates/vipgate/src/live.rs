@@ -18,12 +18,26 @@ struct Line([AtomicU64; 8]);
 /// One worker's published counters, in [`Live::names`] order.
 pub(crate) struct Block {
     lines: Box<[Line]>,
+    /// When the worker last looked at its receive rings (milliseconds of the daemon's
+    /// clock), in a line of its own: written once a millisecond at most.
+    stepped: Line,
 }
 
 impl Block {
     fn new(n: usize) -> Block {
         Block {
             lines: (0..n.div_ceil(8)).map(|_| Line::default()).collect(),
+            stepped: Line::default(),
+        }
+    }
+
+    /// Notes that the worker looked at its receive rings at `now_ms` (only the owning
+    /// worker calls this, once per pass: a store only when the millisecond changed).
+    #[inline]
+    pub(crate) fn stepped(&self, now_ms: u64) {
+        let [c, ..] = &self.stepped.0;
+        if c.load(Ordering::Relaxed) != now_ms {
+            c.store(now_ms, Ordering::Relaxed);
         }
     }
 
@@ -96,6 +110,20 @@ impl Live {
             .map_or(0, |i| self.blocks.iter().map(|b| b.load(i)).sum())
     }
 
+    /// Until when every worker has looked at its receive rings (milliseconds of the daemon's
+    /// clock): frames that arrived before it have been taken in. A worker that is starved of
+    /// CPU holds it back; an idle one waits at most a millisecond between looks.
+    pub(crate) fn looked_ms(&self) -> u64 {
+        self.blocks
+            .iter()
+            .map(|b| {
+                let [c, ..] = &b.stepped.0;
+                c.load(Ordering::Relaxed)
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
     /// The number of workers.
     pub(crate) fn workers(&self) -> usize {
         self.blocks.len()
@@ -122,5 +150,16 @@ mod tests {
         assert_eq!(live.worker(1)[8], ("i", 9));
         assert!(live.worker(2).is_empty());
         assert_eq!(std::mem::align_of::<Line>(), 64);
+    }
+
+    #[test]
+    fn the_slowest_worker_says_until_when_all_looked() {
+        let live = Live::new(vec!["a"], 2);
+        assert_eq!(live.looked_ms(), 0);
+        live.block(0).unwrap().stepped(50);
+        live.block(1).unwrap().stepped(40);
+        assert_eq!(live.looked_ms(), 40);
+        live.block(1).unwrap().stepped(60);
+        assert_eq!(live.looked_ms(), 50);
     }
 }
