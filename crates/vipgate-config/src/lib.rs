@@ -136,6 +136,9 @@ pub struct Interface {
     /// Addresses on this segment that move with the active role (the internal hosts'
     /// default gateway, typically): answered and announced only while active.
     pub virtual_addrs: Vec<Ipv4Addr>,
+    /// Anti-spoofing on this side (`source_check`, on by default): see
+    /// [`vipgate_nat::policy::SourceCheck`].
+    pub source_check: bool,
 }
 
 /// A static route.

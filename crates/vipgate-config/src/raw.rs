@@ -51,6 +51,7 @@ pub(crate) struct RawInterface {
     pub(crate) gateway: Option<String>,
     pub(crate) routes: Option<Vec<RawRoute>>,
     pub(crate) virtual_addresses: Option<Vec<String>>,
+    pub(crate) source_check: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

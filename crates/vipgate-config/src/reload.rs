@@ -68,6 +68,8 @@ impl Config {
             frag_hold,
             // Not read from the file.
             event_queue: _,
+            // Compiled into the policy: changes with a reload.
+            source_check: _,
         } = nat;
         let Neighbors {
             capacity: neighbor_capacity,
@@ -153,6 +155,8 @@ fn interfaces_change(a: &[Interface], b: &[Interface]) -> Option<String> {
             gateway,
             routes,
             virtual_addrs,
+            // In the NAT policy: changes with a reload.
+            source_check: _,
         } = x;
         let field = if *name != y.name {
             "name"

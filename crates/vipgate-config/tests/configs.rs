@@ -1134,3 +1134,47 @@ fn health_checks_are_read_per_pool_and_every_problem_named() {
     assert!(problems_of(&pool("check = { type = \"udp\" }"))[0]
         .starts_with("nat.pools[0].check.type: \"udp\" is not a check"));
 }
+
+#[test]
+fn source_checks_follow_the_interfaces() {
+    let c = Config::load_with_env(&lab(), no_env()).unwrap();
+    let check = &c.nat.source_check;
+    assert!(check.public && check.private, "on by default");
+    assert_eq!(check.inside, vec![(Ipv4Addr::new(198, 18, 0, 0), 24)]);
+    // A route through the private side is inside too; the default route there lets any
+    // source in from that side, so only the public side is checked.
+    let c = lab_edited(
+        "address = \"198.18.0.1/24\"",
+        "address = \"198.18.0.1/24\"\nroutes = [{ prefix = \"198.19.0.0/16\", via = \"198.18.0.254\" }]",
+        &[],
+    );
+    assert_eq!(
+        c.nat.source_check.inside,
+        vec![
+            (Ipv4Addr::new(198, 18, 0, 0), 24),
+            (Ipv4Addr::new(198, 19, 0, 0), 16)
+        ]
+    );
+    let c = lab_edited(
+        "address = \"198.18.0.1/24\"",
+        "address = \"198.18.0.1/24\"\nsource_check = false",
+        &[],
+    );
+    assert!(c.nat.source_check.public && !c.nat.source_check.private);
+    // Interfaces of one side must agree: the engine checks per side.
+    let text = format!(
+        "{TWO_INTERFACES}source_check = false\n[[interfaces]]\nname = \"c\"\nside = \"private\"\naddress = \"198.18.1.1/24\"\n[nat]\nvips = [\"203.0.113.10\"]\n"
+    );
+    let problems = problems_of(&text);
+    let ours: Vec<_> = problems
+        .iter()
+        .filter(|p| p.contains("source_check"))
+        .collect();
+    assert_eq!(
+        ours,
+        vec![
+            "interfaces[2].source_check: true differs from interfaces[1].source_check (false); \
+             the check is per side, expected the same on every private interface"
+        ]
+    );
+}

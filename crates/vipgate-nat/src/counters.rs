@@ -53,11 +53,17 @@ pub enum DropReason {
     /// A TCP segment with a flag combination no TCP sends (SYN with FIN or RST, FIN without
     /// ACK, none of SYN, ACK and RST): scans and forgeries.
     TcpBadFlags,
+    /// From the public side, a source address of ours (a VIP or PAT address): forged.
+    SpoofedOurs,
+    /// From the public side, a source address inside (a prefix the private side serves).
+    SpoofedInside,
+    /// From the private side, a source address outside the prefixes it serves.
+    SpoofedOutside,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 22;
+    pub const COUNT: usize = 25;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -83,6 +89,9 @@ impl DropReason {
         DropReason::IcmpErrorNoConn,
         DropReason::WrongSide,
         DropReason::TcpBadFlags,
+        DropReason::SpoofedOurs,
+        DropReason::SpoofedInside,
+        DropReason::SpoofedOutside,
     ];
 
     /// The counter name.
@@ -110,6 +119,9 @@ impl DropReason {
             DropReason::IcmpErrorNoConn => "drop_icmp_error_no_conn",
             DropReason::WrongSide => "drop_wrong_side",
             DropReason::TcpBadFlags => "drop_tcp_bad_flags",
+            DropReason::SpoofedOurs => "drop_spoofed_ours",
+            DropReason::SpoofedInside => "drop_spoofed_inside",
+            DropReason::SpoofedOutside => "drop_spoofed_outside",
         }
     }
 }

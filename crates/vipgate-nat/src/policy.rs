@@ -13,9 +13,10 @@ use std::net::Ipv4Addr;
 
 use hashbrown::{HashMap, HashSet};
 
+use crate::counters::DropReason;
 use crate::maglev::{Maglev, MaglevError};
 use crate::timeouts::Timeouts;
-use crate::Proto;
+use crate::{Proto, Side};
 
 /// An IPv4 prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -175,6 +176,22 @@ pub struct NatConfig {
     pub frag_hold: usize,
     /// Capacity of each worker's state-sync event queue; 0 turns events off.
     pub event_queue: usize,
+    /// Which sources each side may send from (BCP 38/84).
+    pub source_check: SourceCheck,
+}
+
+/// Anti-spoofing (BCP 38/84): which sources may open a flow or send an ICMP error, per side.
+/// Off by default in the engine; the daemon's configuration turns it on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceCheck {
+    /// On the public side, refuse sources inside ([`SourceCheck::inside`]) and the gateway's
+    /// own public addresses (VIPs, PAT addresses).
+    pub public: bool,
+    /// On the private side, refuse sources outside [`SourceCheck::inside`].
+    pub private: bool,
+    /// The prefixes the private side serves: its subnets and the routes through it
+    /// (network, prefix length).
+    pub inside: Vec<(Ipv4Addr, u8)>,
 }
 
 impl Default for NatConfig {
@@ -194,6 +211,7 @@ impl Default for NatConfig {
             frag_timeout: 30,
             frag_hold: 16,
             event_queue: 0,
+            source_check: SourceCheck::default(),
         }
     }
 }
@@ -348,6 +366,10 @@ pub struct Policy {
     pat: Vec<PatRule>,
     filtering: Filtering,
     timeouts: Timeouts,
+    check_public: bool,
+    check_private: bool,
+    /// [`SourceCheck::inside`] as (network, mask).
+    inside: Vec<(u32, u32)>,
 }
 
 impl Policy {
@@ -493,7 +515,46 @@ impl Policy {
             pat: config.pat.clone(),
             filtering: config.filtering,
             timeouts: config.timeouts,
+            check_public: config.source_check.public,
+            check_private: config.source_check.private,
+            inside: config
+                .source_check
+                .inside
+                .iter()
+                .map(|(net, len)| {
+                    let mask = u32::MAX
+                        .checked_shl(32 - u32::from(*len).min(32))
+                        .unwrap_or(0);
+                    (u32::from(*net) & mask, mask)
+                })
+                .collect(),
         })
+    }
+
+    /// Whether `src` may be the source of a new flow or an ICMP error arriving on `side`
+    /// (BCP 38/84): not from the public side with an inside address or one of ours, not
+    /// from the private side with an address outside. Asked when a flow opens, not for
+    /// each packet: a forged source matches no connection on the side it arrives on.
+    ///
+    /// # Errors
+    /// The drop reason naming which check refused it.
+    #[inline]
+    pub fn check_source(&self, src: Ipv4Addr, side: Side) -> Result<(), DropReason> {
+        let a = u32::from(src);
+        let inside = || self.inside.iter().any(|(net, mask)| a & mask == *net);
+        match side {
+            Side::Public if self.check_public => {
+                if self.owned.contains(&a) {
+                    Err(DropReason::SpoofedOurs)
+                } else if inside() {
+                    Err(DropReason::SpoofedInside)
+                } else {
+                    Ok(())
+                }
+            }
+            Side::Private if self.check_private && !inside() => Err(DropReason::SpoofedOutside),
+            _ => Ok(()),
+        }
     }
 
     /// Inbound filtering of PAT mappings.

@@ -1700,3 +1700,81 @@ fn a_mapping_timeout_counts_from_its_last_use() {
     assert_eq!(lab.engine.table().len(), 0, "60 s after the last packet");
     assert!(!lab.engine.ports().is_allocated(ai, Proto::Udp, public));
 }
+
+#[test]
+fn forged_sources_open_nothing_when_the_sides_check_them() {
+    let checked = |on: bool| {
+        let mut c = config();
+        c.source_check = vipgate_nat::policy::SourceCheck {
+            public: on,
+            private: on,
+            inside: vec![(Ipv4Addr::new(198, 18, 0, 0), 15)],
+        };
+        Lab::new(c)
+    };
+    let mut lab = checked(true);
+    // From outside with an inside source, or one of ours: never delivered inside.
+    let forged = [
+        (
+            testing::udp(H1, VIP, 1500, 5000, b"x"),
+            DropReason::SpoofedInside,
+        ),
+        (
+            testing::tcp(B2, VIP, 1500, 80, SYN, b""),
+            DropReason::SpoofedInside,
+        ),
+        (
+            testing::udp(VIP, VIP, 1500, 5000, b"x"),
+            DropReason::SpoofedOurs,
+        ),
+        (
+            testing::udp(PAT_IP, VIP, 1500, 5000, b"x"),
+            DropReason::SpoofedOurs,
+        ),
+    ];
+    for (frame, why) in forged {
+        assert_eq!(lab.dropped(frame, Side::Public, 1), why);
+    }
+    // An ICMP error from outside claiming an inside source, about a real flow.
+    lab.pass(
+        testing::udp(CLIENT, VIP, 1500, 5000, b"x"),
+        Side::Public,
+        Side::Private,
+        1,
+    );
+    let out = lab.pass(
+        testing::udp(H2, CLIENT, 6000, 1500, b"y"),
+        Side::Private,
+        Side::Public,
+        1,
+    );
+    let err = || testing::icmp_error(H1, VIP, 3, 3, testing::datagram(&out), 28);
+    assert_eq!(
+        lab.dropped(err(), Side::Public, 1),
+        DropReason::SpoofedInside
+    );
+    // From inside with an outside source.
+    assert_eq!(
+        lab.dropped(
+            testing::udp(CLIENT2, CLIENT, 1500, 53, b"x"),
+            Side::Private,
+            1
+        ),
+        DropReason::SpoofedOutside
+    );
+    // The genuine ones pass.
+    lab.pass(
+        testing::udp(H1, CLIENT, 4000, 53, b"q"),
+        Side::Private,
+        Side::Public,
+        1,
+    );
+    // With the check off (an unusual topology), the same forgeries go through.
+    let mut lab = checked(false);
+    lab.pass(
+        testing::udp(H1, VIP, 1500, 5000, b"x"),
+        Side::Public,
+        Side::Private,
+        1,
+    );
+}

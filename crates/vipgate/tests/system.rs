@@ -1153,6 +1153,62 @@ fn malformed_frames_are_dropped_and_counted() {
     }
 }
 
+#[test]
+fn frames_from_outside_with_inside_or_our_sources_never_reach_inside() {
+    const ROUNDS: u64 = 5;
+    let Some(t) = topology(XdpMode::Skb, 1) else {
+        return;
+    };
+    let dns = UdpService::start(&t.h1, SocketAddrV4::new(H1, 5353));
+    let gw_mac = t.gateway_mac(ifname::GW_PUBLIC).unwrap();
+    // UDP to VIP:5353 (DNAT to h1), checksum 0 (none, as IPv4 allows).
+    let datagram = move |src: Ipv4Addr, text: &str, rtr_mac: [u8; 6]| {
+        let mut udp = Vec::new();
+        udp.extend_from_slice(&1500u16.to_be_bytes());
+        udp.extend_from_slice(&5353u16.to_be_bytes());
+        udp.extend_from_slice(&u16::try_from(8 + text.len()).unwrap().to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(text.as_bytes());
+        probe::ipv4_frame(gw_mac, rtr_mac, src, VIP, 17, &udp)
+    };
+    with_log(&t, || {
+        let sent = t
+            .rtr
+            .run(move || -> Result<(), String> {
+                let link = probe::RawLink::open(ifname::RTR_GW).map_err(|e| e.to_string())?;
+                let mac = link.mac();
+                for _ in 0..ROUNDS {
+                    for (src, text) in [(H1, "inside"), (H2, "inside"), (VIP, "ours")] {
+                        link.send(&datagram(src, text, mac))
+                            .map_err(|e| format!("sending from {src}: {e}"))?;
+                    }
+                }
+                // A genuine one last, on the same path: once it is in, the forged ones
+                // had their chance.
+                link.send(&datagram(RTR_PUBLIC, "genuine", mac))
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap();
+        assert_eq!(sent, Ok(()));
+        poll_until(DEADLINE, "the genuine datagram at h1", || {
+            dns.seen.lock().unwrap().iter().any(|(m, _)| m == "genuine")
+        })
+        .unwrap();
+    });
+    let seen = dns.stop();
+    assert_eq!(
+        seen.iter()
+            .map(|(m, p)| (m.as_str(), p.ip()))
+            .collect::<Vec<_>>(),
+        vec![("genuine", std::net::IpAddr::V4(RTR_PUBLIC))],
+        "only the genuine datagram reached h1"
+    );
+    if let Some(c) = finish(t) {
+        exactly(&c, "drop_spoofed_inside", 2 * ROUNDS);
+        exactly(&c, "drop_spoofed_ours", ROUNDS);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The control plane: CLI over the control socket, the gate, reload under load, metrics
 

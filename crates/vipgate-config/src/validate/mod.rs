@@ -13,7 +13,7 @@ use config::{Environment, File, FileFormat, ValueKind};
 use vipgate_nat::maglev::{Maglev, MaglevError};
 use vipgate_nat::policy::{
     Backend, DnatRule, EmptyPool, Filtering, Ipv4Net, NatConfig, PatRule, Persistence, Policy,
-    PolicyError, Pool,
+    PolicyError, Pool, SourceCheck,
 };
 use vipgate_nat::{ConnTable, Proto, Side, Timeouts};
 
@@ -900,6 +900,7 @@ fn interface(
         gateway: None,
         routes: Vec::new(),
         virtual_addrs: Vec::new(),
+        source_check: r.source_check.unwrap_or(true),
     };
     dests.push((net, key));
     if let Some(g) = r.gateway {
@@ -1094,6 +1095,53 @@ impl Segments<'_> {
 /// `interfaces`, the DNAT rules and pools only against valid VIPs, the PAT port shares only
 /// for a valid number of `workers`, and the engine's own checks (overlaps, Maglev tables)
 /// only when everything they read is valid.
+/// Anti-spoofing from the interfaces: inside is what the private side serves (its subnets
+/// and routes); a private side with the default route may have any source, so only the
+/// public side is checked then. The engine checks per side, so interfaces of one side must
+/// agree on `source_check`.
+fn source_check(interfaces: &[Interface], p: &mut Problems) -> SourceCheck {
+    let mut check = SourceCheck::default();
+    for (side, name) in [(Side::Public, "public"), (Side::Private, "private")] {
+        let mut on: Option<(usize, bool)> = None;
+        for (i, ifc) in interfaces
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.side == side)
+        {
+            match on {
+                None => on = Some((i, ifc.source_check)),
+                Some((j, first)) if first != ifc.source_check => p.push(err(
+                    &format!("interfaces[{i}].source_check"),
+                    format!(
+                        "{} differs from interfaces[{j}].source_check ({first}); the check \
+                         is per side, expected the same on every {name} interface",
+                        ifc.source_check,
+                    ),
+                )),
+                Some(_) => {}
+            }
+        }
+        let on = on.is_some_and(|(_, b)| b);
+        match side {
+            Side::Public => check.public = on,
+            Side::Private => check.private = on,
+        }
+    }
+    for ifc in interfaces.iter().filter(|f| f.side == Side::Private) {
+        check.inside.push((ifc.net.addr, ifc.net.len));
+        check.inside.extend(
+            ifc.routes
+                .iter()
+                .filter(|r| r.net.len > 0)
+                .map(|r| (r.net.addr, r.net.len)),
+        );
+        if ifc.gateway.is_some() || ifc.routes.iter().any(|r| r.net.len == 0) {
+            check.private = false;
+        }
+    }
+    check
+}
+
 fn nat(
     raw: RawNat,
     interfaces: Option<&[Interface]>,
@@ -1207,10 +1255,12 @@ fn nat(
         frag_timeout,
         frag_hold,
         event_queue: d.event_queue,
+        source_check: SourceCheck::default(),
     };
     let Some(interfaces) = interfaces else {
         return (config, None);
     };
+    config.source_check = source_check(interfaces, p);
     let seg = Segments { interfaces };
 
     // The valid VIPs with their index in the file.

@@ -762,10 +762,19 @@ impl Engine {
     ) -> Verdict {
         match l.transport {
             Transport::Fragment => self.later_fragment(w, frame, l, ingress, now),
-            Transport::IcmpError { .. } => match l.icmp_inner(frame) {
-                Ok(inner) => self.icmp_error(frame, l, &inner, ingress),
-                Err(e) => Verdict::Drop(e.into()),
-            },
+            Transport::IcmpError { .. } => {
+                let spoofed = w
+                    .snap
+                    .as_ref()
+                    .map(|s| s.policy.check_source(l.src, ingress));
+                if let Some(Err(r)) = spoofed {
+                    return Verdict::Drop(r);
+                }
+                match l.icmp_inner(frame) {
+                    Ok(inner) => self.icmp_error(frame, l, &inner, ingress),
+                    Err(e) => Verdict::Drop(e.into()),
+                }
+            }
             Transport::IcmpOther { .. } => Verdict::Drop(DropReason::IcmpUnsupported),
             _ => Verdict::Drop(DropReason::UnsupportedProto),
         }
@@ -902,6 +911,9 @@ impl Engine {
         ingress: Side,
         now: u32,
     ) -> Created {
+        if let Err(r) = snap.policy.check_source(l.src, ingress) {
+            return Created::Done(Verdict::Drop(r));
+        }
         let to_us = snap.policy.is_owned(l.dst);
         if to_us && matches!(l.transport, Transport::IcmpEcho { request: true, .. }) {
             return Created::Done(match echo_request_to_reply(frame, l, 64) {
