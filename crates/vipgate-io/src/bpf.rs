@@ -51,7 +51,8 @@ const XDP_FLAGS_SKB_MODE: u32 = 2;
 const XDP_FLAGS_DRV_MODE: u32 = 4;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
 const BPF_FUNC_REDIRECT_MAP: i32 = 51;
-const XDP_PASS: i32 = 2;
+/// What a frame on a queue without a socket gets: dropped, never handed to the kernel.
+const XDP_DROP: i32 = 1;
 /// Offset of `rx_queue_index` in `struct xdp_md`.
 const XDP_MD_RX_QUEUE_INDEX: i16 = 16;
 
@@ -74,8 +75,9 @@ const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
     }
 }
 
-/// `bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS)`: a queue without a socket in the
-/// map falls back to the kernel stack instead of dropping.
+/// `bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_DROP)`: a queue without a socket in the
+/// map drops (fails closed): nothing from a data port reaches the gateway's kernel stack, which
+/// would answer or forward what vipgate is there to filter.
 fn redirect_program(map_fd: i32) -> [Insn; 6] {
     [
         // r2 = *(u32 *)(r1 + 16)
@@ -83,8 +85,8 @@ fn redirect_program(map_fd: i32) -> [Insn; 6] {
         // r1 = map (ld_imm64 takes two slots)
         insn(0x18, 1, BPF_PSEUDO_MAP_FD, 0, map_fd),
         insn(0, 0, 0, 0, 0),
-        // r3 = XDP_PASS
-        insn(0xb7, 3, 0, 0, XDP_PASS),
+        // r3 = XDP_DROP
+        insn(0xb7, 3, 0, 0, XDP_DROP),
         insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT_MAP),
         insn(0x95, 0, 0, 0, 0),
     ]
@@ -176,8 +178,8 @@ fn name16(name: &str) -> [u8; 16] {
 }
 
 /// An XDP program attached to one interface that redirects each RX queue to the AF_XDP socket
-/// registered for it (see [`crate::XdpPorts::open`]), and passes frames of queues without a
-/// socket to the kernel.
+/// registered for it (see [`crate::XdpPorts::open`]), and drops frames of queues without a
+/// socket: the data port fails closed.
 ///
 /// Dropping it detaches the program; so does the death of the process, however it dies,
 /// because the attachment is a `bpf_link` owned by a file descriptor. `Send + Sync`: it only
@@ -384,7 +386,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Insn>(), 8);
         assert_eq!((p[0].code, p[0].regs, p[0].off), (0x61, 0x12, 16));
         assert_eq!((p[1].code, p[1].regs, p[1].imm), (0x18, 0x11, 7));
-        assert_eq!((p[3].regs, p[3].imm), (3, XDP_PASS));
+        assert_eq!((p[3].regs, p[3].imm), (3, XDP_DROP));
         assert_eq!((p[4].code, p[4].imm), (0x85, 51));
         assert_eq!(p[5].code, 0x95);
         assert_eq!(std::mem::size_of::<ProgLoadAttr>(), 72);

@@ -91,9 +91,79 @@ pub fn interface_mac(name: &str) -> io::Result<[u8; 6]> {
     Ok(mac)
 }
 
+/// How many receive queues interface `name` has (ETHTOOL_GCHANNELS: combined plus rx-only
+/// channels); `None` when the driver does not say.
+///
+/// # Errors
+/// `NotFound` when the interface does not exist.
+pub fn rx_queue_count(name: &str) -> io::Result<Option<u32>> {
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    /// `struct ethtool_channels`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Channels {
+        cmd: u32,
+        max_rx: u32,
+        max_tx: u32,
+        max_other: u32,
+        max_combined: u32,
+        rx_count: u32,
+        tx_count: u32,
+        other_count: u32,
+        combined_count: u32,
+    }
+    if let Some(e) = bad_name(name) {
+        return Err(e);
+    }
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket that nothing else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut ch = Channels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Channels::default()
+    };
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = std::ptr::from_mut(&mut ch).cast();
+    // SAFETY: SIOCETHTOOL reads ifr_name and the command in ch, and writes ch, which lives
+    // for the call.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIOCETHTOOL,
+            &mut req as *mut libc::ifreq,
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODEV) => Err(not_found(name)),
+            _ => Ok(None),
+        };
+    }
+    Ok(Some(ch.combined_count + ch.rx_count))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_has_a_queue_count_or_none() {
+        // Loopback has no channels to report; the call must still succeed.
+        assert!(rx_queue_count("lo").is_ok());
+        assert_eq!(
+            rx_queue_count("no-such-if-x").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
 
     #[test]
     fn loopback_is_found() {

@@ -19,7 +19,7 @@ mod pool;
 mod xsk;
 
 pub use bpf::{XdpMode, XdpProgram};
-pub use iface::{interface_index, interface_mac, FrameSender, LinkAddresses};
+pub use iface::{interface_index, interface_mac, rx_queue_count, FrameSender, LinkAddresses};
 pub use mem::{MemPorts, MEM_RX_HEADROOM};
 pub use xsk::{BindMode, KernelStats, XdpOptions, XdpPorts};
 

@@ -21,6 +21,7 @@ use crate::events;
 use crate::gateway::{Gateway, PortInfo};
 use crate::ha::{self, HaShared};
 use crate::health::{self, HealthShared};
+use crate::io_errors::{self, IoErrors};
 use crate::live::{Block, Live, PUBLISH_EVERY_MS};
 use crate::metrics;
 use crate::signal;
@@ -37,6 +38,22 @@ const SPIN_STEPS: u32 = 256;
 
 /// Counters by name, summed over workers and ports, in a stable order.
 pub(crate) type Totals = Vec<(&'static str, u64)>;
+
+/// Refuses a port with more receive queues than workers: worker `w` serves queue `w`, and
+/// the XDP program drops what arrives on a queue without a socket (it never hands a data
+/// port's frames to the kernel), so frames on the others would be lost.
+fn every_queue_served(name: &str, workers: u32) -> Result<(), String> {
+    match vipgate_io::rx_queue_count(name) {
+        Ok(Some(queues)) if queues > workers => Err(format!(
+            "{queues} receive queues, but {workers} worker(s) in workers.cores serve queues 0 \
+             to {}: frames on the others would be dropped; reduce the queues (ethtool -L \
+             {name} combined {workers}) or add workers",
+            workers.saturating_sub(1)
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
 
 /// Translates the configuration into the data plane's terms, reading each interface's MAC.
 fn dataplane_config(cfg: &Config) -> Result<DataplaneConfig, String> {
@@ -210,6 +227,8 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
         u32::try_from(cfg.workers.len()).map_err(|_| "workers.cores: too many".to_string())?;
     let mut programs = Vec::new();
     for (i, ifc) in cfg.interfaces.iter().enumerate() {
+        every_queue_served(&ifc.name, workers)
+            .map_err(|e| format!("interfaces[{i}] ({}): {e}", ifc.name))?;
         let p = XdpProgram::attach(&ifc.name, mode, workers)
             .map_err(|e| format!("interfaces[{i}] ({}): {e}", ifc.name))?;
         programs.push(p);
@@ -288,12 +307,14 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
                         lp.announce(&mut pipeline);
                     }
                     let mut idle = 0u32;
+                    let mut errors = IoErrors::default();
                     let mut next_publish = 0;
                     while !stop.load(Ordering::Relaxed) {
                         let now = clock();
                         block.stepped(now);
                         match lp.step(&mut pipeline, now) {
                             Ok(0) => {
+                                errors.passed();
                                 idle += 1;
                                 if idle >= SPIN_STEPS {
                                     // Nothing arrived for a while: sleep in the kernel until
@@ -302,9 +323,26 @@ pub(crate) fn run(cfg: Config, path: &Path) -> Result<Totals, String> {
                                     let _ = lp.ports_mut().wait(IDLE_WAIT);
                                 }
                             }
-                            Ok(_) => idle = 0,
+                            Ok(_) => {
+                                idle = 0;
+                                errors.passed();
+                            }
                             Err(e) => {
-                                tracing::warn!(worker = w, error = %e, "kernel wakeup failed");
+                                if let Some(not_logged) = errors.failed(now) {
+                                    tracing::warn!(
+                                        worker = w,
+                                        error = %e,
+                                        not_logged,
+                                        "kernel wakeup failed (one line per {} s at most; \
+                                         not_logged: failures since the last line)",
+                                        io_errors::LOG_EVERY_MS / 1000
+                                    );
+                                }
+                                let pause = errors.pause();
+                                if !pause.is_zero() {
+                                    // Back off while it goes on; frames still wake us.
+                                    let _ = lp.ports_mut().wait(pause);
+                                }
                             }
                         }
                         if now >= next_publish {

@@ -18,6 +18,7 @@ mod events;
 mod gateway;
 mod ha;
 mod health;
+mod io_errors;
 mod live;
 mod metrics;
 mod signal;

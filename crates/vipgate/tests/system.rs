@@ -1209,6 +1209,52 @@ fn frames_from_outside_with_inside_or_our_sources_never_reach_inside() {
     }
 }
 
+#[test]
+fn a_port_with_more_receive_queues_than_workers_is_refused() {
+    // The XDP program drops what arrives on a queue without a socket (a data port fails
+    // closed), so a queue no worker serves must stop the start, not lose frames.
+    if !require_root_and_netns() {
+        return;
+    }
+    let gw = Netns::new("vgq").unwrap();
+    let peer = Netns::new("vgqp").unwrap();
+    vipgate_netns::veth(&gw, ifname::GW_PUBLIC, &peer, "p-pub", 2).unwrap();
+    vipgate_netns::veth(&gw, ifname::GW_PRIVATE, &peer, "p-priv", 1).unwrap();
+    let dir = vipgate_netns::TempDir::new("vgq").unwrap();
+    let config = dir.path().join("vipgate.toml");
+    let socket = dir.path().join("control.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "[workers]\ncores = [0]\n[control]\nsocket = {:?}\n{CONFIG_BODY}",
+            socket.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let mut child = gw
+        .spawn(&[
+            env!("CARGO_BIN_EXE_vipgate"),
+            "run",
+            "--config",
+            &config.to_string_lossy(),
+        ])
+        .unwrap();
+    let status = child
+        .wait_timeout(DEADLINE)
+        .unwrap()
+        .expect("vipgate refuses to start at once");
+    let stderr = child.stderr_so_far();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "interfaces[0] (vg-pub): 2 receive queues, but 1 worker(s) in workers.cores serve \
+             queues 0 to 0"
+        ),
+        "{stderr}"
+    );
+    assert!(!socket.exists(), "the control socket is removed");
+}
+
 // ---------------------------------------------------------------------------------------
 // The control plane: CLI over the control socket, the gate, reload under load, metrics
 
