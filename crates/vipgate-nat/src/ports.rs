@@ -122,6 +122,81 @@ pub const SPARE_ADDRS: usize = 16;
 pub struct PortCursors {
     worker: u16,
     next: Box<[u16]>,
+    /// xorshift64* state, seeded from the process's random keys: where a search starts and
+    /// how far the cursor jumps cannot be guessed from outside (RFC 6056).
+    rng: u64,
+}
+
+/// The cursor jumps ahead by 1 to this many ports after each allocation (RFC 6056's
+/// algorithm 5, "random-increments", with its suggested N = 500), within the share.
+const RANDOM_STEP: u32 = 500;
+
+fn next_random(state: &mut u64) -> u32 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
+}
+
+/// Each internal host's PAT mappings, counted against a quota (RFC 6888 REQ-4), so one host
+/// cannot take every port of its public address. Hosts are counted in 65,536 slots by a hash
+/// of their address: two hosts that share a slot share its quota (rare below thousands of
+/// hosts, and never more generous). Lock-free; a new mapping costs one atomic update.
+pub struct HostCounts {
+    slots: Box<[AtomicU32]>,
+}
+
+const HOST_SLOTS: usize = 1 << 16;
+
+impl Default for HostCounts {
+    fn default() -> Self {
+        HostCounts {
+            slots: (0..HOST_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+}
+
+impl fmt::Debug for HostCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostCounts").finish_non_exhaustive()
+    }
+}
+
+impl HostCounts {
+    fn slot(&self, host: Ipv4Addr) -> Option<&AtomicU32> {
+        self.slots
+            .get(mix32(u32::from(host)) as usize & (HOST_SLOTS - 1))
+    }
+
+    /// Counts one more mapping for `host` unless it holds `quota` already (0: no limit).
+    pub fn take(&self, host: Ipv4Addr, quota: u32) -> bool {
+        let Some(c) = self.slot(host) else {
+            return true;
+        };
+        c.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+            (quota == 0 || n < quota).then_some(n.saturating_add(1))
+        })
+        .is_ok()
+    }
+
+    /// One mapping of `host` fewer.
+    pub fn give_back(&self, host: Ipv4Addr) {
+        if let Some(c) = self.slot(host) {
+            let _ = c.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// The mappings counted for `host` (and any host sharing its slot).
+    pub fn held(&self, host: Ipv4Addr) -> u32 {
+        self.slot(host).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Bytes of memory the counts take.
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<AtomicU32>()
+    }
 }
 
 impl PortCursors {
@@ -266,12 +341,16 @@ impl PortAllocator {
     /// A worker's cursors, starting at the beginning of its share. Allocates: call once per
     /// worker at start. A `worker >= workers` is taken modulo the worker count.
     pub fn cursors(&self, worker: u16) -> PortCursors {
+        use std::hash::BuildHasher;
         let worker = worker % self.workers;
-        let start = *self.share(worker).start();
-        PortCursors {
-            worker,
-            next: vec![start; self.addrs.len() * PROTOS].into_boxed_slice(),
-        }
+        let share = self.share(worker);
+        let (start, len) = (*share.start(), u32::from(share.end() - share.start()) + 1);
+        // Process-wide random keys (the OS's randomness), different for each call.
+        let mut rng = std::hash::RandomState::new().hash_one(worker) | 1;
+        let next = (0..self.addrs.len() * PROTOS)
+            .map(|_| start + (next_random(&mut rng) % len) as u16)
+            .collect();
+        PortCursors { worker, next, rng }
     }
 
     /// The share of the port range that `worker` (modulo the worker count) searches.
@@ -420,8 +499,9 @@ impl PortAllocator {
     /// Port preservation (RFC 4787 REQ-1 is "no port preservation required", but keeping the
     /// port when it is free is what hosts and applications expect): `preferred` is taken if it
     /// lies in the range, is not reserved and is free, whichever worker's share it is in.
-    /// Otherwise the worker's own share is searched from its cursor, which then moves past the
-    /// port handed out, so a just-released port is not reused at once.
+    /// Otherwise the worker's own share is searched from its cursor, which then jumps past the
+    /// port handed out by a random step (RFC 6056's random increments): the next port can't
+    /// be guessed, and a just-released port is not reused at once.
     ///
     /// `None` when the share is exhausted (the caller counts `pat_ports_exhausted`) or `addr`
     /// is not an address index. Allocation-free and lock-free.
@@ -438,7 +518,8 @@ impl PortAllocator {
         }
         let share = self.share(cursors.worker);
         let (start, end) = (*share.start(), *share.end());
-        let cursor = cursors.next.get_mut(addr * PROTOS + proto.index())?;
+        let PortCursors { next, rng, .. } = cursors;
+        let cursor = next.get_mut(addr * PROTOS + proto.index())?;
         let from = (*cursor).clamp(start, end);
         let port = Self::search(used, reserved, from, end).or_else(|| {
             if from > start {
@@ -447,7 +528,11 @@ impl PortAllocator {
                 None
             }
         })?;
-        *cursor = if port >= end { start } else { port + 1 };
+        // Onwards by a random step, less than the share: the port just handed out (and so
+        // one just released) is not the next one searched.
+        let len = u32::from(end - start) + 1;
+        let step = 1 + next_random(rng) % RANDOM_STEP.min(len - 1).max(1);
+        *cursor = start + ((u32::from(port - start) + step) % len) as u16;
         Some(port)
     }
 
@@ -709,6 +794,49 @@ mod tests {
     }
 
     #[test]
+    fn ports_after_a_taken_one_are_not_in_sequence_nor_alike_across_runs() {
+        let run = || {
+            let p = alloc(1, 1024, 65535);
+            let mut c = p.cursors(0);
+            // Every request wants port 1024, taken by the first: the rest are searched.
+            (0..32)
+                .map(|_| p.allocate(&mut c, 0, Proto::Udp, 1024).unwrap())
+                .collect::<Vec<u16>>()
+        };
+        let (a, b) = (run(), run());
+        let steps: Vec<i32> = a
+            .windows(2)
+            .map(|w| i32::from(w[1]) - i32::from(w[0]))
+            .collect();
+        assert!(
+            steps.iter().filter(|s| **s == 1).count() < 4,
+            "not sequential: {a:?}"
+        );
+        assert_ne!(a[1..], b[1..], "another start, another sequence");
+        let mut unique = a.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), a.len(), "never the same port twice");
+    }
+
+    #[test]
+    fn host_counts_hold_each_host_to_its_quota() {
+        let h = HostCounts::default();
+        let (x, y) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        assert!(h.take(x, 2) && h.take(x, 2));
+        assert!(!h.take(x, 2), "x is at its quota");
+        assert!(h.take(y, 2), "y is not");
+        h.give_back(x);
+        assert!(h.take(x, 2));
+        assert!(h.take(x, 0), "0 is no limit");
+        assert_eq!(h.held(x), 3);
+        for _ in 0..5 {
+            h.give_back(x);
+        }
+        assert_eq!(h.held(x), 0, "never below zero");
+    }
+
+    #[test]
     fn a_reload_adds_addresses_and_moves_reserved_ports() {
         let p = PortAllocator::new(&[A], 1, 2000, 2003, &[(A, Proto::Tcp, 2000)]).unwrap();
         let mut c = p.cursors(0);
@@ -719,8 +847,11 @@ mod tests {
         assert!(p.is_allocated(0, Proto::Tcp, 2001));
         p.release(0, Proto::Tcp, 2001);
         assert!(!p.is_allocated(0, Proto::Tcp, 2001));
-        assert_eq!(p.allocate(&mut c, 0, Proto::Tcp, 2001), Some(2000));
-        assert_eq!(p.allocate(&mut c, 0, Proto::Tcp, 2000), Some(2002));
+        let mut got: Vec<u16> = (0..3)
+            .filter_map(|_| p.allocate(&mut c, 0, Proto::Tcp, 2001))
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![2000, 2002, 2003]);
         assert_eq!(
             p.set_reserved(&[(B, Proto::Tcp, 2001)]),
             Err(PortsError::UnknownReserved(B))
