@@ -68,6 +68,7 @@ pub(crate) struct RawNat {
     pub(crate) capacity: Option<Int>,
     pub(crate) filtering: Option<String>,
     pub(crate) pat_ports: Option<String>,
+    pub(crate) pat_quota: Option<Int>,
     pub(crate) frag_entries: Option<Int>,
     pub(crate) frag_timeout: Option<Int>,
     pub(crate) frag_hold: Option<Int>,

@@ -70,6 +70,7 @@ impl Config {
             event_queue: _,
             // Compiled into the policy: changes with a reload.
             source_check: _,
+            pat_quota: _,
         } = nat;
         let Neighbors {
             capacity: neighbor_capacity,

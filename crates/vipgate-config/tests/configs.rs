@@ -1178,3 +1178,22 @@ fn source_checks_follow_the_interfaces() {
         ]
     );
 }
+
+#[test]
+fn pat_quota_defaults_to_a_quarter_of_an_address_and_can_be_set() {
+    let c = Config::load_with_env(&lab(), no_env()).unwrap();
+    assert_eq!(c.nat.pat_quota, (65535 - 1024 + 1) / 4);
+    let c = lab_edited("capacity = 65536", "capacity = 65536\npat_quota = 10", &[]);
+    assert_eq!(c.nat.pat_quota, 10);
+    let c = lab_edited("capacity = 65536", "capacity = 65536\npat_quota = 0", &[]);
+    assert_eq!(c.nat.pat_quota, 0, "0: no limit");
+    let text = std::fs::read_to_string(lab()).unwrap().replacen(
+        "capacity = 65536",
+        "capacity = 65536\npat_quota = -1",
+        1,
+    );
+    let e = Config::from_toml_str(&text, no_env())
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("nat.pat_quota: "), "{e}");
+}

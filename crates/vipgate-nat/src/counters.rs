@@ -59,11 +59,13 @@ pub enum DropReason {
     SpoofedInside,
     /// From the private side, a source address outside the prefixes it serves.
     SpoofedOutside,
+    /// The internal host holds its quota of PAT mappings (`nat.pat_quota`).
+    PatQuota,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 25;
+    pub const COUNT: usize = 26;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -92,6 +94,7 @@ impl DropReason {
         DropReason::SpoofedOurs,
         DropReason::SpoofedInside,
         DropReason::SpoofedOutside,
+        DropReason::PatQuota,
     ];
 
     /// The counter name.
@@ -122,6 +125,7 @@ impl DropReason {
             DropReason::SpoofedOurs => "drop_spoofed_ours",
             DropReason::SpoofedInside => "drop_spoofed_inside",
             DropReason::SpoofedOutside => "drop_spoofed_outside",
+            DropReason::PatQuota => "drop_pat_quota",
         }
     }
 }

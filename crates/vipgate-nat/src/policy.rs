@@ -178,6 +178,8 @@ pub struct NatConfig {
     pub event_queue: usize,
     /// Which sources each side may send from (BCP 38/84).
     pub source_check: SourceCheck,
+    /// PAT mappings one internal host may hold at once (RFC 6888 REQ-4); 0: no limit.
+    pub pat_quota: u32,
 }
 
 /// Anti-spoofing (BCP 38/84): which sources may open a flow or send an ICMP error, per side.
@@ -212,6 +214,7 @@ impl Default for NatConfig {
             frag_hold: 16,
             event_queue: 0,
             source_check: SourceCheck::default(),
+            pat_quota: 0,
         }
     }
 }

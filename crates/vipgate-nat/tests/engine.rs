@@ -1778,3 +1778,51 @@ fn forged_sources_open_nothing_when_the_sides_check_them() {
         1,
     );
 }
+
+#[test]
+fn one_host_at_its_pat_quota_leaves_the_others_working() {
+    let mut c = config();
+    c.pat_quota = 3;
+    c.timeouts.udp = 30;
+    let mut lab = Lab::new(c);
+    for sport in 4000..4003 {
+        lab.pass(
+            testing::udp(H1, CLIENT, sport, 53, b"q"),
+            Side::Private,
+            Side::Public,
+            1,
+        );
+    }
+    // A fourth mapping for H1 is refused; a new flow on a mapping it holds is not.
+    assert_eq!(
+        lab.dropped(testing::udp(H1, CLIENT, 4003, 53, b"q"), Side::Private, 1),
+        DropReason::PatQuota
+    );
+    lab.pass(
+        testing::udp(H1, CLIENT2, 4000, 53, b"q"),
+        Side::Private,
+        Side::Public,
+        1,
+    );
+    assert_eq!(lab.engine.mappings_of(H1), 3);
+    // Another host is not held back by it.
+    lab.pass(
+        testing::udp(H2, CLIENT, 4003, 53, b"q"),
+        Side::Private,
+        Side::Public,
+        1,
+    );
+    assert_eq!(lab.engine.take_quota_report(0), Some((H1, 1)));
+    assert_eq!(lab.engine.take_quota_report(0), None, "taken");
+    // Once its mappings go, H1 may open again.
+    for _ in 0..3 {
+        lab.engine.reclaim(&mut lab.w, 100, 1 << 20);
+    }
+    assert_eq!(lab.engine.mappings_of(H1), 0);
+    lab.pass(
+        testing::udp(H1, CLIENT, 4003, 53, b"q"),
+        Side::Private,
+        Side::Public,
+        100,
+    );
+}

@@ -511,6 +511,26 @@ fn control_loop(listener: &UnixListener, gw: &Gateway<'_>) {
             next_sample += Duration::from_secs(1);
             gw.sample_rate();
             watch.check(gw.live);
+            log_quota_reports(gw);
+        }
+    }
+}
+
+/// One line per worker and second at most for hosts refused at their PAT quota: which host
+/// (the last one), how many refusals.
+fn log_quota_reports(gw: &Gateway<'_>) {
+    let engine = gw.dp.engine();
+    for w in 0..engine.config().workers {
+        if let Some((host, refused)) = engine.take_quota_report(w) {
+            tracing::warn!(
+                worker = w,
+                host = %host,
+                mappings = engine.mappings_of(host),
+                quota = engine.snapshot().config().pat_quota,
+                refused,
+                "pat: an internal host holds its quota of mappings; its new ones are refused \
+                 (drop_pat_quota)"
+            );
         }
     }
 }

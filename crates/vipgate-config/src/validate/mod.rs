@@ -1210,6 +1210,19 @@ fn nat(
         }))
     });
     let (port_lo, port_hi) = pat_ports.unwrap_or((d.port_lo, d.port_hi));
+    // By default one host may hold a quarter of one address's ports (RFC 6888 REQ-4).
+    let quota_default = (i64::from(port_hi) - i64::from(port_lo) + 1) / 4;
+    let pat_quota = int(
+        raw.pat_quota,
+        quota_default.max(1),
+        "nat.pat_quota",
+        0,
+        i64::from(u32::MAX),
+    )
+    .and_then(|q| {
+        u32::try_from(q).map_err(|_| err("nat.pat_quota", format!("{q} is out of range")))
+    });
+    let pat_quota = p.or(pat_quota, 0);
     let frag_entries = int(
         raw.frag_entries,
         d.frag_entries as i64,
@@ -1256,6 +1269,7 @@ fn nat(
         frag_hold,
         event_queue: d.event_queue,
         source_check: SourceCheck::default(),
+        pat_quota,
     };
     let Some(interfaces) = interfaces else {
         return (config, None);

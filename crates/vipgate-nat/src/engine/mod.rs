@@ -20,7 +20,7 @@ use vipgate_wire::rewrite::{echo_request_to_reply, rewrite, rewrite_inner, Tuple
 use crate::counters::{Counters, DropReason};
 use crate::frag::{FragCache, FragHold, FragKey, FragTarget};
 use crate::policy::{Filtering, NatConfig, Persistence, Policy, PolicyError, Target};
-use crate::ports::{PortAllocator, PortCursors, PortsError};
+use crate::ports::{HostCounts, PortAllocator, PortCursors, PortsError};
 use crate::state::{tcp_flags, tcp_flags_valid, ConnState, Dir};
 use crate::table::{
     ConnId, ConnRecord, ConnTable, Hit, InsertError, NewConn, ReclaimCursor, TableError,
@@ -294,7 +294,16 @@ pub struct Engine {
     flush_events_lost: AtomicU64,
     /// See [`Engine::pick_up_until`].
     pickup_until: AtomicU32,
+    /// Each internal host's PAT mappings, against `pat_quota`.
+    hosts: HostCounts,
+    /// Per worker, the last host refused for its quota and the refusals since the last
+    /// [`Engine::take_quota_report`] (address << 32 | count), in a line only it writes.
+    quota_reports: Box<[QuotaReport]>,
 }
+
+#[repr(align(64))]
+#[derive(Debug, Default)]
+struct QuotaReport(AtomicU64);
 
 /// The 5-tuple of a translatable datagram, and its TCP flags.
 #[inline]
@@ -466,6 +475,10 @@ impl Engine {
             events,
             flush_events_lost: AtomicU64::new(0),
             pickup_until: AtomicU32::new(0),
+            hosts: HostCounts::default(),
+            quota_reports: (0..config.workers)
+                .map(|_| QuotaReport::default())
+                .collect(),
             config,
         })
     }
@@ -1060,7 +1073,8 @@ impl Engine {
             return Created::Done(Verdict::Drop(DropReason::NoRule));
         };
         let candidates = snap.pat_addrs.get(rule).map(Vec::as_slice).unwrap_or(&[]);
-        let m = match self.mapping_for(w, key.src, key.sport, key.proto, candidates, now) {
+        let quota = snap.config.pat_quota;
+        let m = match self.mapping_for(w, key.src, key.sport, key.proto, candidates, quota, now) {
             Ok(m) => m,
             Err(r) => return Created::Done(Verdict::Drop(r)),
         };
@@ -1090,7 +1104,8 @@ impl Engine {
                 own.as_slice()
             }
         };
-        let m = match self.mapping_for(w, key.src, key.sport, key.proto, candidates, now) {
+        let quota = snap.config.pat_quota;
+        let m = match self.mapping_for(w, key.src, key.sport, key.proto, candidates, quota, now) {
             Ok(m) => m,
             Err(r) => {
                 if let Some(d) = dest_mapping {
@@ -1120,6 +1135,7 @@ impl Engine {
 
     /// The endpoint-independent mapping (RFC 4787 REQ-1) of an internal endpoint: the one it
     /// has, or a new one with its port preserved when free. Returns it with a reference taken.
+    #[allow(clippy::too_many_arguments)]
     fn mapping_for(
         &self,
         w: &mut Worker,
@@ -1127,6 +1143,7 @@ impl Engine {
         port: u16,
         proto: Proto,
         candidates: &[usize],
+        quota: u32,
         now: u32,
     ) -> Result<MappingRef, DropReason> {
         let ikey = mapping_internal_key(addr, port, proto);
@@ -1148,10 +1165,14 @@ impl Engine {
                 .pick_addr(candidates, addr)
                 .ok_or(DropReason::NoRule)?;
             let public = self.ports.addr(ai).ok_or(DropReason::NoRule)?;
-            let pport = self
-                .ports
-                .allocate(&mut w.cursors, ai, proto, port)
-                .ok_or(DropReason::PatPortsExhausted)?;
+            if !self.hosts.take(addr, quota) {
+                self.report_quota(w, addr);
+                return Err(DropReason::PatQuota);
+            }
+            let Some(pport) = self.ports.allocate(&mut w.cursors, ai, proto, port) else {
+                self.hosts.give_back(addr);
+                return Err(DropReason::PatPortsExhausted);
+            };
             let mapping = NewConn {
                 orig: ikey,
                 reply: mapping_public_key(public, pport, proto),
@@ -1175,6 +1196,7 @@ impl Engine {
                 }
                 Err(e) => {
                     self.ports.release(ai, proto, pport);
+                    self.hosts.give_back(addr);
                     match e {
                         InsertError::Exists(_) => {}
                         InsertError::Full => return Err(DropReason::TableFull),
@@ -1299,6 +1321,7 @@ impl Engine {
             self.table.note_use(m, now.saturating_sub(rec.idle_secs));
         }
         if rec.state == ConnState::Mapping {
+            self.hosts.give_back(rec.orig.src);
             if let Some(ai) = self.ports.addr_index(rec.reply.dst) {
                 self.ports.release(ai, rec.reply.proto, rec.reply.dport);
             }
@@ -1318,6 +1341,32 @@ impl Engine {
                 self.table.release_ref(peer);
             }
         }
+    }
+
+    fn report_quota(&self, w: &Worker, host: Ipv4Addr) {
+        if let Some(r) = self.quota_reports.get(usize::from(w.id)) {
+            let count = (r.0.load(Ordering::Relaxed) & u64::from(u32::MAX)).saturating_add(1);
+            r.0.store(
+                (u64::from(u32::from(host)) << 32) | count.min(u64::from(u32::MAX)),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The last internal host worker `worker` refused for its PAT quota, and how many
+    /// refusals it counted since the last call: for a log line per interval, not per packet.
+    pub fn take_quota_report(&self, worker: u16) -> Option<(Ipv4Addr, u32)> {
+        let v = self
+            .quota_reports
+            .get(usize::from(worker))?
+            .0
+            .swap(0, Ordering::Relaxed);
+        (v != 0).then(|| (Ipv4Addr::from((v >> 32) as u32), v as u32))
+    }
+
+    /// The PAT mappings counted for internal host `host` (see `pat_quota`).
+    pub fn mappings_of(&self, host: Ipv4Addr) -> u32 {
+        self.hosts.held(host)
     }
 
     /// Takes the events worker `worker` queued, oldest first (the state-sync sender).

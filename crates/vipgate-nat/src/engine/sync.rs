@@ -43,9 +43,16 @@ impl Engine {
             if !self.ports.claim(ai, rec.reply.proto, rec.reply.dport) {
                 return Err(InsertError::Clash);
             }
-            return self.table.install(&rec, now).inspect_err(|_| {
-                self.ports.release(ai, rec.reply.proto, rec.reply.dport);
-            });
+            return self
+                .table
+                .install(&rec, now)
+                .inspect(|_| {
+                    // Counted, never refused: the active box admitted it.
+                    self.hosts.take(rec.orig.src, 0);
+                })
+                .inspect_err(|_| {
+                    self.ports.release(ai, rec.reply.proto, rec.reply.dport);
+                });
         }
         let acquire = |k: &FlowKey| match self.table.lookup(k) {
             Some(m) if m.state == ConnState::Mapping && self.table.acquire_ref(m.id) => Some(m.id),
